@@ -1,0 +1,3 @@
+from mistral_sandbox.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,138 @@
+"""Load one action inside the sandboxed child: import, check, bind parameters.
+
+Runs only in the child (it imports tenant code). Every failure raises
+:class:`LoadError` with a message that names the problem precisely.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any, Optional
+
+from mistral_sandbox.api import base as api_base
+from mistral_sandbox.api.context import ActionContext
+
+
+class LoadError(Exception):
+    """The action could not be imported, is not an action, or rejects the parameters."""
+
+
+def _mistral_lib_action_base() -> Optional[type]:
+    try:
+        from mistral_lib.actions import Action as MLAction  # noqa: WPS433
+    except Exception:  # not installed, or broken: no mistral-lib support
+        return None
+    return MLAction
+
+
+def import_target(target: str) -> Any:
+    """Import ``"module:attr.path"`` and return the attribute."""
+    module_name, _, attr_path = target.partition(":")
+    try:
+        obj = importlib.import_module(module_name)
+    except BaseException as exc:  # SyntaxError, SystemExit, anything in module code
+        raise LoadError("cannot import module %r: %s: %s"
+                        % (module_name, type(exc).__name__, exc)) from None
+    for part in attr_path.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise LoadError("%r has no attribute %r (from %r)"
+                            % (getattr(obj, "__name__", module_name), part, target)) from None
+    return obj
+
+
+def check_action_class(obj: Any, name: str) -> type:
+    """Return ``obj`` if it is a concrete action class, else raise LoadError."""
+    if not inspect.isclass(obj):
+        raise LoadError("%s is not an action class: it is a %s; an action is a class with a "
+                        "run() method" % (name, type(obj).__name__))
+    if not callable(getattr(obj, "run", None)):
+        raise LoadError("%s is not an action class: class %s has no run() method"
+                        % (name, obj.__qualname__))
+    if inspect.isabstract(obj):
+        missing = ", ".join(sorted(getattr(obj, "__abstractmethods__", ())))
+        raise LoadError("%s is abstract (unimplemented: %s)" % (name, missing))
+    return obj
+
+
+def signature_text(cls: type, name: str) -> str:
+    """``name(a, b=1)`` — the action's parameters as an author would read them."""
+    try:
+        sig = inspect.signature(cls)
+    except (TypeError, ValueError):
+        return "%s(...)" % name
+    return "%s%s" % (name, sig)
+
+
+def instantiate(cls: type, params: dict, name: str) -> Any:
+    """``cls(**params)`` after checking the names against its signature."""
+    try:
+        sig = inspect.signature(cls)
+    except (TypeError, ValueError):
+        sig = None
+    if sig is not None:
+        try:
+            sig.bind(**params)
+        except TypeError as exc:
+            accepted = [p.name for p in sig.parameters.values()
+                        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+            unknown = sorted(set(params) - set(accepted))
+            missing = [p.name for p in sig.parameters.values()
+                       if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD,
+                                                              p.KEYWORD_ONLY)
+                       and p.name not in params]
+            has_var_kw = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
+            details = []
+            if missing:
+                details.append("missing required parameter(s): %s" % ", ".join(missing))
+            if unknown and not has_var_kw:
+                details.append("unknown parameter(s): %s" % ", ".join(unknown))
+            if not details:
+                details.append(str(exc))
+            raise LoadError("bad parameters for %s: %s; signature: %s"
+                            % (name, "; ".join(details), signature_text(cls, name))) from None
+    try:
+        return cls(**params)
+    except Exception as exc:
+        raise LoadError("%s rejected its parameters: %s: %s"
+                        % (name, type(exc).__name__, exc)) from None
+
+
+def make_context(action: Any, context: ActionContext) -> Any:
+    """The context object this action expects: ours, or mistral-lib's for its actions."""
+    ml_base = _mistral_lib_action_base()
+    if ml_base is None or not isinstance(action, ml_base) or isinstance(action, api_base.Action):
+        return context
+    from mistral_lib.actions import context as ml_ctx
+
+    def build(cls, values):
+        accepted = inspect.signature(cls).parameters
+        return cls(**{k: v for k, v in values.items() if k in accepted})
+
+    return ml_ctx.ActionContext(
+        security_ctx=build(ml_ctx.SecurityContext, context.security.to_dict()),
+        execution_ctx=build(ml_ctx.ExecutionContext, context.execution.to_dict()))
+
+
+def describe(cls: type, name: str) -> dict:
+    """Parameters and docstring of an action class, as plain data."""
+    params = []
+    try:
+        sig = inspect.signature(cls)
+        for p in sig.parameters.values():
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                continue
+            params.append({"name": p.name, "required": p.default is p.empty,
+                           "default": None if p.default is p.empty else repr(p.default)})
+    except (TypeError, ValueError):
+        pass
+    return {
+        "name": name,
+        "class": "%s:%s" % (cls.__module__, cls.__qualname__),
+        "signature": signature_text(cls, name),
+        "parameters": params,
+        "doc": inspect.getdoc(cls) or "",
+        "legacy": api_base.is_legacy(cls),
+    }

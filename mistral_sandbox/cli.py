@@ -1,0 +1,251 @@
+"""The ``mistral-sandbox`` command: run, list and show actions.
+
+``run`` exits 0 when the outcome is ``ok`` (and the action's ``Result`` is not
+an error), 1 for any other outcome, 2 for bad command-line input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from typing import Any, Dict, List, Optional
+
+from mistral_sandbox.actions.catalog import ActionReferenceError, Catalog, default_catalog
+from mistral_sandbox.runner.limits import ALIASES, FIELD_NAMES, LimitError, Limits
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    pass
+
+
+def _parse_value(text: str) -> Any:
+    """``--param k=v``: v is JSON if it parses as JSON, else the plain string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_params(pairs: List[str], params_json: Optional[str]) -> Dict[str, Any]:
+    params: Dict[str, Any] = {}
+    if params_json:
+        source = params_json
+        if params_json.startswith("@"):
+            try:
+                with open(params_json[1:], encoding="utf-8") as f:
+                    source = f.read()
+            except OSError as exc:
+                raise UsageError("--params-json: cannot read %s: %s"
+                                 % (params_json[1:], exc.strerror)) from None
+        try:
+            loaded = json.loads(source)
+        except ValueError as exc:
+            raise UsageError("--params-json: invalid JSON: %s" % exc) from None
+        if not isinstance(loaded, dict):
+            raise UsageError("--params-json: expected a JSON object, got %s"
+                             % type(loaded).__name__)
+        params.update(loaded)
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError("--param %r: expected NAME=VALUE" % pair)
+        params[key.strip()] = _parse_value(value)
+    return params
+
+
+def parse_limits(pairs: List[str]) -> Optional[Limits]:
+    if not pairs:
+        return None
+    values = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise UsageError("--limit %r: expected NAME=VALUE, e.g. memory=256MiB" % pair)
+        values[key.strip()] = value.strip()
+    try:
+        return Limits.parse(values)
+    except LimitError as exc:
+        raise UsageError("--limit: %s" % exc) from None
+
+
+def _print_outcome_human(outcome) -> None:
+    out = sys.stdout
+    out.write("outcome: %s" % outcome.exit_reason)
+    if outcome.message:
+        out.write(" — %s" % outcome.message)
+    out.write("\n")
+    if outcome.result is not None:
+        r = outcome.result
+        if r.is_error():
+            out.write("error result: %s\n" % json.dumps(r.error, default=str))
+        elif r.is_cancel():
+            out.write("cancelled\n")
+        else:
+            out.write("result: %s\n" % json.dumps(r.data, default=str))
+    if outcome.async_handle is not None:
+        out.write("async handle: action execution %s\n"
+                  % outcome.async_handle.action_execution_id)
+    u = outcome.usage
+    out.write("usage: wall %.1f ms, cpu %.1f ms user + %.1f ms sys, max RSS %.1f MiB\n" % (
+        u.wall * 1000, u.cpu_user * 1000, u.cpu_sys * 1000, u.max_rss / 2 ** 20))
+    for name, text, total in (("stdout", outcome.stdout, outcome.stdout_bytes),
+                              ("stderr", outcome.stderr, outcome.stderr_bytes)):
+        if text:
+            shown = "last %d of %d bytes" % (len(text.encode()), total) \
+                if total > len(text.encode()) else "%d bytes" % total
+            out.write("--- %s (%s) ---\n%s%s" % (name, shown, text,
+                                                 "" if text.endswith("\n") else "\n"))
+    for note in outcome.notes:
+        out.write("note: %s\n" % note)
+    if outcome.traceback and outcome.exit_reason != "ok":
+        out.write("--- traceback ---\n%s" % outcome.traceback)
+
+
+def cmd_run(args) -> int:
+    from mistral_sandbox.runner.supervisor import Sandbox, SandboxError
+
+    params = parse_params(args.param or [], args.params_json)
+    limits = parse_limits(args.limit or [])
+    context = None
+    if args.context_json:
+        try:
+            context = json.loads(args.context_json)
+        except ValueError as exc:
+            raise UsageError("--context-json: invalid JSON: %s" % exc) from None
+    try:
+        sandbox = Sandbox(max_workers=1)
+    except SandboxError as exc:
+        sys.stderr.write("mistral-sandbox: %s\n" % exc)
+        return EXIT_FAILED
+    # SIGTERM behaves like Ctrl-C: kill the child, clean up, exit.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with sandbox:
+        outcome = sandbox.run(args.ref, params, context=context, limits=limits,
+                              mode="test" if args.dry_run else "run")
+    if args.json:
+        json.dump(outcome.to_dict(), sys.stdout, default=str)
+        sys.stdout.write("\n")
+    else:
+        _print_outcome_human(outcome)
+    if outcome.ok and (outcome.result is None or outcome.result.is_success()):
+        return EXIT_OK
+    return EXIT_FAILED
+
+
+def cmd_list(args) -> int:
+    catalog: Catalog = default_catalog()
+    entries = catalog.entries()
+    dups = {(e.namespace, e.name) for group in catalog.duplicates() for e in group}
+    if args.json:
+        json.dump([{"name": e.name, "namespace": e.namespace, "target": e.target,
+                    "distribution": e.distribution,
+                    "duplicate": (e.namespace, e.name) in dups} for e in entries], sys.stdout)
+        sys.stdout.write("\n")
+        return EXIT_OK
+    shadowed = set()
+    seen = set()
+    for e in entries:
+        if e.name in seen:
+            shadowed.add((e.namespace, e.name))
+        seen.add(e.name)
+    width = max([len(e.name) for e in entries] + [4])
+    for e in entries:
+        flags = []
+        if (e.namespace, e.name) in dups:
+            flags.append("DUPLICATE")
+        if (e.namespace, e.name) in shadowed:
+            flags.append("shadowed; use %s@%s" % (e.name, "mistral"
+                                                  if e.namespace == "mistral.actions"
+                                                  else e.namespace))
+        sys.stdout.write("%-*s  %-24s %s%s\n" % (width, e.name, e.namespace, e.target,
+                                                  ("  [%s]" % ", ".join(flags)) if flags
+                                                  else ""))
+    return EXIT_OK
+
+
+def cmd_show(args) -> int:
+    from mistral_sandbox.runner.supervisor import Sandbox, SandboxError
+    try:
+        sandbox = Sandbox(max_workers=1)
+    except SandboxError as exc:
+        sys.stderr.write("mistral-sandbox: %s\n" % exc)
+        return EXIT_FAILED
+    with sandbox:
+        outcome = sandbox.run(args.ref, mode="describe")
+    if not outcome.ok:
+        sys.stderr.write("mistral-sandbox: cannot show %s: %s: %s\n"
+                         % (args.ref, outcome.exit_reason, outcome.message))
+        return EXIT_FAILED
+    info = outcome.result.data
+    if args.json:
+        json.dump(info, sys.stdout)
+        sys.stdout.write("\n")
+        return EXIT_OK
+    sys.stdout.write("%s\n  class: %s\n" % (info["signature"], info["class"]))
+    for p in info["parameters"]:
+        sys.stdout.write("  param %s%s\n" % (p["name"], "" if p["required"]
+                                             else " (default %s)" % p["default"]))
+    if info.get("legacy"):
+        sys.stdout.write("  legacy action: run() takes no context (deprecated)\n")
+    if info["doc"]:
+        sys.stdout.write("\n%s\n" % "\n".join("  " + line for line in info["doc"].splitlines()))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mistral-sandbox",
+                                description="Run Mistral Python actions in a sandbox.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages to stderr")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run one action in a sandboxed child")
+    run.add_argument("ref", help="entry-point name (std.echo, std.http@mistral) or "
+                                 "package.module:ClassName")
+    run.add_argument("--param", "-p", action="append", metavar="NAME=VALUE",
+                     help="action parameter; VALUE is parsed as JSON if it is JSON")
+    run.add_argument("--params-json", metavar="JSON|@FILE", help="parameters as a JSON object")
+    run.add_argument("--context-json", metavar="JSON",
+                     help="action context {security: {...}, execution: {...}}")
+    run.add_argument("--limit", "-l", action="append", metavar="NAME=VALUE",
+                     help="tighten a limit: %s" % ", ".join(sorted(set(FIELD_NAMES) |
+                                                                  set(ALIASES))))
+    run.add_argument("--dry-run", action="store_true", help="call the action's test()")
+    run.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    run.set_defaults(func=cmd_run)
+
+    lst = sub.add_parser("list", help="list the actions that entry points register")
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(func=cmd_list)
+
+    show = sub.add_parser("show", help="show an action's parameters and docstring")
+    show.add_argument("ref")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_show)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        sys.stderr.write("mistral-sandbox: %s\n" % exc)
+        return EXIT_USAGE
+    except ActionReferenceError as exc:
+        sys.stderr.write("mistral-sandbox: %s\n" % exc)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write("mistral-sandbox: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

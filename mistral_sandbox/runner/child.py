@@ -1,0 +1,247 @@
+"""The sandboxed child: isolate, receive one request, load one action, run, reply, exit.
+
+:func:`main` runs in a freshly forked child of the zygote and never returns
+(``os._exit``). Its conversation on the channel (fd 3) is::
+
+    parent → child   run      {id, action, params, context, limits, mode}
+    child  → parent  ready    {id, isolation}        (before any tenant code runs)
+    child  → parent  log*     {level, msg, logger}
+    child  → parent  result   {id, data, error, cancel, sync}
+                   | error    {id, kind, message, exc_type, traceback}
+
+``mode`` is ``run`` (default), ``test`` (dry run) or ``describe`` (return the
+action's signature and docstring without instantiating it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import traceback
+import warnings
+from typing import Any, Dict, Optional
+
+from mistral_sandbox.actions import loader
+from mistral_sandbox.api import base as api_base
+from mistral_sandbox.api import security
+from mistral_sandbox.api.context import ActionContext
+from mistral_sandbox.api.exceptions import ActionException
+from mistral_sandbox.runner import isolation, protocol
+
+EXIT_OK = 0
+EXIT_CHANNEL_LOST = 125
+MAX_LOG_MSG = 8192
+
+
+class _Channel:
+    """Blocking frame writer on fd 3; remembers whether the channel broke."""
+
+    def __init__(self, sock: socket.socket, exec_id: int):
+        self.sock = sock
+        self.exec_id = exec_id
+        self.broken = False
+
+    def send_raw(self, frame: bytes) -> bool:
+        if self.broken:
+            return False
+        try:
+            self.sock.sendall(frame)
+            return True
+        except OSError:
+            self.broken = True
+            return False
+
+    def send(self, msg: Dict[str, Any]) -> bool:
+        return self.send_raw(protocol.encode(msg))
+
+    def error(self, kind: str, message: str, exc: Optional[BaseException] = None) -> bool:
+        msg = {"type": "error", "id": self.exec_id, "kind": kind, "message": message}
+        if exc is not None:
+            msg["exc_type"] = "%s.%s" % (type(exc).__module__, type(exc).__qualname__)
+            msg["traceback"] = "".join(traceback.format_exception(
+                type(exc), exc, exc.__traceback__))
+        return self.send(msg)
+
+
+class _LogHandler(logging.Handler):
+    """Forwards the action's log records to the parent as ``log`` frames."""
+
+    def __init__(self, channel: _Channel):
+        super().__init__(logging.DEBUG)
+        self.channel = channel
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)[:MAX_LOG_MSG]
+            self.channel.send({"type": "log", "level": int(record.levelno), "msg": text,
+                               "logger": record.name})
+        except Exception:  # logging must never break the action
+            pass
+
+
+def _unwrap_result(value: Any) -> Dict[str, Any]:
+    """Plain data, or a Result from us or mistral-lib → {data, error, cancel}."""
+    if all(hasattr(value, f) for f in ("data", "error", "cancel")) and \
+            type(value).__name__ == "Result":
+        return {"data": value.data, "error": value.error, "cancel": bool(value.cancel)}
+    return {"data": value, "error": None, "cancel": False}
+
+
+def _isolate(channel_fd: int, out_fd: int, err_fd: int, request_reader, *, uid: Optional[int],
+             scratch: str, zygote_pid: int):
+    report = isolation.Report()
+    isolation.new_session(report)
+    fd = isolation.setup_fds(report, channel_fd, out_fd, err_fd)
+    sock = socket.socket(fileno=fd)
+    request = request_reader(sock)
+    limits = request.get("limits") or {}
+    isolation.make_scratch(report, scratch, uid)
+    isolation.scrub_environment(report, scratch)
+    isolation.apply_rlimits(report, limits)
+    isolation.drop_privileges(report, uid)
+    isolation.parent_death_signal(report, zygote_pid)
+    return sock, request, report
+
+
+def main(channel_fd: int, out_fd: int, err_fd: int, *, exec_id: int, uid: Optional[int],
+         scratch: str, zygote_pid: int, max_frame: int) -> None:
+    """Entry point in the forked child; never returns."""
+    code = EXIT_OK
+    try:
+        code = _serve(channel_fd, out_fd, err_fd, exec_id=exec_id, uid=uid, scratch=scratch,
+                      zygote_pid=zygote_pid, max_frame=max_frame)
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except BaseException:
+            pass
+        os._exit(code)
+
+
+def _read_request(exec_id: int, max_frame: int):
+    def reader(sock):
+        msg = protocol.validate(protocol.read_frame(sock, max_frame), frozenset({"run"}))
+        if msg["id"] != exec_id:
+            raise protocol.ProtocolError("run frame for execution %r, expected %r"
+                                         % (msg["id"], exec_id))
+        return msg
+    return reader
+
+
+def _serve(channel_fd, out_fd, err_fd, *, exec_id, uid, scratch, zygote_pid, max_frame) -> int:
+    try:
+        sock, request, report = _isolate(channel_fd, out_fd, err_fd,
+                                         _read_request(exec_id, max_frame), uid=uid,
+                                         scratch=scratch, zygote_pid=zygote_pid)
+    except isolation.IsolationError as exc:
+        # fd 3 is the channel once setup_fds ran; before that, nothing can be reported
+        try:
+            ch = _Channel(socket.socket(fileno=isolation.CHANNEL_FD), exec_id)
+            ch.send({"type": "error", "id": exec_id, "kind": "sandbox_error",
+                     "message": str(exc)})
+        except Exception:
+            pass
+        return EXIT_OK
+    except (EOFError, OSError, protocol.ProtocolError) as exc:
+        _stderr_note("mistral-sandbox child: cannot receive the request: %s: %s"
+                     % (type(exc).__name__, exc))
+        return EXIT_CHANNEL_LOST
+
+    channel = _Channel(sock, exec_id)
+    if not channel.send({"type": "ready", "id": exec_id, "isolation": report.to_dict()}):
+        return EXIT_CHANNEL_LOST
+    # Prepared before tenant code runs: sendable even when memory is exhausted.
+    out_of_memory = protocol.encode({"type": "error", "id": exec_id, "kind": "memory_error",
+                                     "message": "MemoryError: the action exceeded its memory "
+                                                "limit"})
+    limits = request.get("limits") or {}
+    max_result = limits.get("max_result_bytes")
+    try:
+        frame = _encode_reply(_run_action(request, channel))
+        if max_result is not None and len(frame) - protocol.HEADER.size > max_result + 256:
+            channel.error("result_too_large", "result of %d bytes exceeds max_result_bytes=%d"
+                          % (len(frame), max_result))
+        else:
+            channel.send_raw(frame)
+    except MemoryError:
+        channel.send_raw(out_of_memory)
+    except protocol.SerializationError as exc:
+        channel.error("serialization_error", "the action returned a value that cannot be "
+                      "serialized: %s" % exc)
+    except _LoadFailure as exc:
+        channel.error("load_error", str(exc))
+    except _ActionFailure as exc:
+        cause = exc.__cause__
+        if isinstance(cause, MemoryError):
+            channel.send_raw(out_of_memory)
+        else:
+            message = ("%s" % cause) if isinstance(cause, ActionException) else \
+                "%s: %s" % (type(cause).__name__, cause)
+            channel.error("action_error", message, cause)
+    except BaseException as exc:  # our own bug: report it, don't hide it
+        channel.error("sandbox_error", "runner failure in child: %s: %s"
+                      % (type(exc).__name__, exc), exc)
+    return EXIT_CHANNEL_LOST if channel.broken else EXIT_OK
+
+
+def _stderr_note(text: str) -> None:
+    try:
+        os.write(2, (text + "\n").encode("utf-8", "replace"))
+    except OSError:
+        pass
+
+
+class _LoadFailure(Exception):
+    pass
+
+
+class _ActionFailure(Exception):
+    pass
+
+
+def _run_action(request: Dict[str, Any], channel: _Channel) -> Dict[str, Any]:
+    root = logging.getLogger()
+    root.handlers[:] = [_LogHandler(channel)]
+    root.setLevel(logging.INFO)
+    logging.captureWarnings(True)
+    warnings.simplefilter("default")
+
+    action_spec = request["action"]
+    name = action_spec.get("name") or action_spec.get("target")
+    mode = request.get("mode", "run")
+    try:
+        target = action_spec["target"]
+        cls = loader.check_action_class(loader.import_target(target), name)
+        if mode == "describe":
+            return {"type": "result", "id": channel.exec_id, "data": loader.describe(cls, name),
+                    "sync": True}
+        action = loader.instantiate(cls, request.get("params") or {}, name)
+        context = ActionContext.from_dict(request.get("context"))
+        action_context = loader.make_context(action, context)
+    except loader.LoadError as exc:
+        raise _LoadFailure(str(exc)) from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _LoadFailure("malformed request for %s: %s" % (name, exc)) from None
+    try:
+        with security.bind(context.security):
+            sync = bool(action.is_sync())
+            value = api_base.call_run(action, action_context,
+                                      "test" if mode == "test" else "run")
+    except BaseException as exc:
+        raise _ActionFailure() from exc
+    reply = {"type": "result", "id": channel.exec_id, "sync": sync}
+    reply.update(_unwrap_result(value) if sync or mode == "test" else
+                 {"data": None, "error": None, "cancel": False})
+    return reply
+
+
+def _encode_reply(reply: Dict[str, Any]) -> bytes:
+    try:
+        return protocol.encode(reply)
+    except protocol.SerializationError as exc:
+        problem = protocol.find_unserializable(reply.get("data"), "result") or \
+            protocol.find_unserializable(reply.get("error"), "result error") or str(exc)
+        raise protocol.SerializationError(problem) from None

@@ -1,0 +1,277 @@
+"""The wire format between the parent and a child: framed msgpack messages.
+
+Frame: a 4-byte big-endian unsigned length, then that many bytes of msgpack
+encoding one map. The length is checked against the reader's ``max_frame``
+*before* any of the body is buffered, so an oversize frame costs nothing.
+
+Every message is a map with ``type`` and ``v`` (:data:`VERSION`). Decoding
+uses ``strict_map_key`` (str/bytes keys only), no pickle, and no extension
+types except msgpack's timestamp (which becomes an aware ``datetime``); depth
+is bounded. Every message read from a child is validated against its schema
+(:func:`validate`). Any violation raises :class:`ProtocolError` — callers treat
+that as a ``protocol_error`` outcome, never as a crash.
+
+Types: ``run`` (parent → child), ``ready``, ``result``, ``error``, ``log``,
+``call`` (child → parent), ``call_result``, ``cancel`` (parent → child).
+"""
+
+from __future__ import annotations
+
+import datetime
+import struct
+from typing import Any, Dict, List, Optional, Tuple
+
+import msgpack
+
+VERSION = 1
+HEADER = struct.Struct(">I")
+DEFAULT_MAX_FRAME = 64 * 1024 * 1024
+MAX_DEPTH = 200
+
+
+class ProtocolError(Exception):
+    """A frame or message violates the protocol."""
+
+
+class SerializationError(ValueError):
+    """A value cannot be carried by the protocol (names the offending path and type)."""
+
+
+# ---------------------------------------------------------------- encoding
+
+_PLAIN = (type(None), bool, int, float, str, bytes)
+
+
+def find_unserializable(value: Any, path: str = "value") -> Optional[str]:
+    """Describe the first value msgpack cannot carry, e.g. ``value['x'][2] is a set``."""
+    stack = [(value, path, 0)]
+    while stack:
+        v, p, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return "%s is nested deeper than %d levels" % (p, MAX_DEPTH)
+        if isinstance(v, bool) or v is None or isinstance(v, (str, bytes, float)):
+            continue
+        if isinstance(v, int):
+            if not -(2 ** 63) <= v < 2 ** 64:
+                return "%s is an integer out of the 64-bit range" % p
+            continue
+        if isinstance(v, datetime.datetime):
+            if v.tzinfo is None:
+                return "%s is a naive datetime (only timezone-aware datetimes are allowed)" % p
+            continue
+        if isinstance(v, (list, tuple)):
+            stack.extend((item, "%s[%d]" % (p, i), depth + 1) for i, item in enumerate(v))
+            continue
+        if isinstance(v, dict):
+            for k, item in v.items():
+                if not isinstance(k, str):
+                    return "%s has a key of type %s (keys must be str)" % (p, type(k).__name__)
+                stack.append((item, "%s[%r]" % (p, k), depth + 1))
+            continue
+        return "%s is a %s.%s, which is not serializable (use plain data: None, bool, int, " \
+               "float, str, bytes, list, dict with str keys, aware datetime)" % (
+                   p, type(v).__module__, type(v).__qualname__)
+    return None
+
+
+def _default(obj: Any) -> Any:
+    raise TypeError("unserializable %s" % type(obj).__name__)
+
+
+def packb(obj: Any, what: str = "value") -> bytes:
+    """msgpack-encode plain data; :class:`SerializationError` names what is wrong."""
+    problem = None
+    try:
+        body = msgpack.packb(obj, use_bin_type=True, datetime=True, default=_default)
+    except (TypeError, ValueError, OverflowError) as exc:
+        problem = find_unserializable(obj, what) or "%s: %s" % (what, exc)
+    if problem is not None:
+        raise SerializationError(problem)
+    return body
+
+
+def encode(msg: Dict[str, Any], max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
+    """One frame (header + body) for ``msg``; sets ``v``.
+
+    Raises :class:`SerializationError` for unserializable content and
+    :class:`ProtocolError` if the frame would exceed ``max_frame``.
+    """
+    msg.setdefault("v", VERSION)
+    body = packb(msg, "message")
+    if len(body) > max_frame:
+        raise ProtocolError("%s frame of %d bytes exceeds the maximum of %d bytes"
+                            % (msg.get("type"), len(body), max_frame))
+    return HEADER.pack(len(body)) + body
+
+
+# ---------------------------------------------------------------- decoding
+
+def _reject_ext(code: int, data: bytes) -> Any:
+    raise ProtocolError("msgpack extension type %d is not allowed" % code)
+
+
+def _depth_ok(value: Any) -> bool:
+    stack = [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, list):
+            if d >= MAX_DEPTH:
+                return False
+            stack.extend((x, d + 1) for x in v)
+        elif isinstance(v, dict):
+            if d >= MAX_DEPTH:
+                return False
+            stack.extend((x, d + 1) for x in v.values())
+    return True
+
+
+def unpackb(body: bytes) -> Any:
+    """Decode one msgpack body with the protocol's restrictions."""
+    try:
+        obj = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True,
+                              timestamp=3, ext_hook=_reject_ext)
+    except ProtocolError:
+        raise
+    except msgpack.StackError:
+        raise ProtocolError("message nested too deeply") from None
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise ProtocolError("undecodable message: %s: %s" % (type(exc).__name__, exc)) from None
+    except Exception as exc:  # any other decoder complaint is still the peer's fault
+        raise ProtocolError("undecodable message: %s: %s" % (type(exc).__name__, exc)) from None
+    if not _depth_ok(obj):
+        raise ProtocolError("message nested deeper than %d levels" % MAX_DEPTH)
+    return obj
+
+
+class FrameReader:
+    """Incremental frame splitter: ``feed(bytes)`` returns complete messages.
+
+    Holds at most one partial frame. A header announcing more than
+    ``max_frame`` bytes raises :class:`ProtocolError` before the body is read.
+    Messages are decoded but not validated (see :func:`validate`).
+    """
+
+    __slots__ = ("max_frame", "_buf", "_need")
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME):
+        self.max_frame = max_frame
+        self._buf = bytearray()
+        self._need: Optional[int] = None
+
+    def pending(self) -> int:
+        """Bytes of an incomplete frame currently buffered."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> List[Any]:
+        self._buf += data
+        out = []
+        while True:
+            if self._need is None:
+                if len(self._buf) < HEADER.size:
+                    return out
+                (n,) = HEADER.unpack_from(self._buf)
+                if n > self.max_frame:
+                    raise ProtocolError("frame of %d bytes announced, maximum is %d"
+                                        % (n, self.max_frame))
+                if n == 0:
+                    raise ProtocolError("empty frame")
+                del self._buf[:HEADER.size]
+                self._need = n
+            if len(self._buf) < self._need:
+                return out
+            body = bytes(self._buf[:self._need])
+            del self._buf[:self._need]
+            self._need = None
+            out.append(unpackb(body))
+
+    def eof(self) -> None:
+        """Call at end of stream: raises ProtocolError if a frame was cut short."""
+        if self._buf or self._need is not None:
+            raise ProtocolError("stream ended inside a frame (%d bytes buffered)" % len(self._buf))
+
+
+# ---------------------------------------------------------------- blocking I/O (child side)
+
+def _recv_exact(sock, n: int) -> bytes:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if k == 0:
+            raise EOFError("peer closed the channel after %d of %d bytes" % (got, n))
+        got += k
+    return bytes(buf)
+
+
+def read_frame(sock, max_frame: int = DEFAULT_MAX_FRAME) -> Any:
+    """Blocking read of one frame from a socket; ``EOFError`` on clean close."""
+    (n,) = HEADER.unpack(_recv_exact(sock, HEADER.size))
+    if n > max_frame:
+        raise ProtocolError("frame of %d bytes announced, maximum is %d" % (n, max_frame))
+    if n == 0:
+        raise ProtocolError("empty frame")
+    return unpackb(_recv_exact(sock, n))
+
+
+# ---------------------------------------------------------------- schemas
+
+_ANY = object()
+_STR = (str,)
+_OPT_STR = (str, type(None))
+_INT = (int,)
+_MAP = (dict,)
+_BOOL = (bool,)
+
+# type -> {field: (allowed types or _ANY, required)}
+SCHEMAS: Dict[str, Dict[str, Tuple[Any, bool]]] = {
+    "run": {"id": (_INT, True), "action": (_MAP, True), "params": (_MAP, True),
+            "context": ((dict, type(None)), False), "limits": (_MAP, False),
+            "mode": (_STR, False)},
+    "ready": {"id": (_INT, True), "isolation": (_MAP, True)},
+    "result": {"id": (_INT, True), "data": (_ANY, False), "error": (_ANY, False),
+               "cancel": (_BOOL, False), "sync": (_BOOL, False), "info": (_ANY, False)},
+    "error": {"id": (_INT, True), "kind": (_STR, True), "message": (_STR, True),
+              "exc_type": (_OPT_STR, False), "traceback": (_OPT_STR, False)},
+    "log": {"level": (_INT, True), "msg": (_STR, True), "logger": (_OPT_STR, False)},
+    "call": {"id": (_INT, True), "call_id": (_INT, True), "action": (_STR, True),
+             "params": (_MAP, True)},
+    "call_result": {"call_id": (_INT, True), "data": (_ANY, False), "error": (_ANY, False),
+                    "cancel": (_BOOL, False)},
+    "cancel": {"id": (_INT, True)},
+}
+
+CHILD_TYPES = frozenset({"ready", "result", "error", "log", "call"})
+ERROR_KINDS = frozenset({"load_error", "action_error", "serialization_error", "memory_error",
+                         "sandbox_error", "result_too_large"})
+
+
+def validate(msg: Any, allowed: frozenset = CHILD_TYPES) -> Dict[str, Any]:
+    """Check ``msg`` against its schema; return it or raise :class:`ProtocolError`."""
+    if not isinstance(msg, dict):
+        raise ProtocolError("message is a %s, not a map" % type(msg).__name__)
+    mtype = msg.get("type")
+    if mtype not in SCHEMAS:
+        raise ProtocolError("unknown message type %r" % (mtype,))
+    if mtype not in allowed:
+        raise ProtocolError("message type %r is not allowed here" % mtype)
+    if msg.get("v") != VERSION:
+        raise ProtocolError("protocol version %r, expected %d" % (msg.get("v"), VERSION))
+    schema = SCHEMAS[mtype]
+    for field, value in msg.items():
+        if field in ("type", "v"):
+            continue
+        spec = schema.get(field)
+        if spec is None:
+            raise ProtocolError("unexpected field %r in %s message" % (field, mtype))
+        types = spec[0]
+        if types is not _ANY and (not isinstance(value, types) or
+                                  (isinstance(value, bool) and bool not in types)):
+            raise ProtocolError("field %r of %s message is a %s" % (
+                field, mtype, type(value).__name__))
+    for field, (_, required) in schema.items():
+        if required and field not in msg:
+            raise ProtocolError("%s message lacks field %r" % (mtype, field))
+    if mtype == "error" and msg["kind"] not in ERROR_KINDS:
+        raise ProtocolError("unknown error kind %r" % msg["kind"])
+    return msg

@@ -1,0 +1,763 @@
+"""Parent side of the sandbox: :class:`Sandbox` — queue, concurrency, deadlines, outcomes.
+
+One I/O thread per ``Sandbox`` multiplexes everything with a selector: the
+zygote's control socket, and for each running execution its channel and its
+stdout/stderr pipes. No thread is created per execution. Callers get a
+:class:`concurrent.futures.Future` that always resolves to exactly one
+:class:`~mistral_sandbox.runner.outcome.Outcome` — a bad reference, a hostile
+child or a dying zygote all end in an outcome, never in an exception from the
+future.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import heapq
+import itertools
+import json
+import logging
+import os
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from typing import Any, Deque, Dict, List, Mapping, Optional, Union
+
+import msgpack
+
+import mistral_sandbox
+from mistral_sandbox.actions import catalog as catalog_mod
+from mistral_sandbox.api.context import REDACTED
+from mistral_sandbox.api.types import Result
+from mistral_sandbox.runner import child as child_mod
+from mistral_sandbox.runner import protocol
+from mistral_sandbox.runner.limits import DEFAULT_CEILING, Limits, clamp
+from mistral_sandbox.runner.outcome import AsyncHandle, Outcome, Usage
+
+LOG = logging.getLogger(__name__)
+ACTION_LOG = logging.getLogger("mistral_sandbox.action")
+
+DEFAULT_PRELOAD = ("mistral_sandbox.runner.child", "mistral_sandbox.actions.std")
+DEFAULT_UID_START = 1_500_000_000
+DEFAULT_UID_COUNT = 65536
+TAIL_BYTES = 64 * 1024
+READ_CHUNK = 256 * 1024
+ZYGOTE_START_TIMEOUT = 60.0
+ASYNC_TTL = 24 * 3600.0
+
+_ERROR_KIND_REASON = {
+    "load_error": "load_error",
+    "action_error": "action_error",
+    "serialization_error": "action_error",
+    "memory_error": "memory_limit",
+    "sandbox_error": "sandbox_error",
+    "result_too_large": "output_limit",
+}
+
+
+class SandboxError(RuntimeError):
+    """The sandbox cannot serve requests (failed start, or already shut down)."""
+
+
+def _default_uid_lock_dir() -> str:
+    if os.access("/run", os.W_OK):
+        return "/run/mistral-sandbox/uids"
+    return os.path.join(tempfile.gettempdir(), "mistral-sandbox-uids")
+
+
+class _Tail:
+    """Counts bytes of a stream and keeps the last ``size`` of them."""
+
+    __slots__ = ("size", "total", "buf")
+
+    def __init__(self, size: int):
+        self.size = size
+        self.total = 0
+        self.buf = bytearray()
+
+    def add(self, data: bytes) -> None:
+        self.total += len(data)
+        self.buf += data
+        if len(self.buf) > self.size:
+            del self.buf[:len(self.buf) - self.size]
+
+    def text(self) -> str:
+        return self.buf.decode("utf-8", "replace")
+
+
+class _Execution:
+    """Parent-side state of one execution (touched only by the I/O thread once queued)."""
+
+    def __init__(self, exec_id: int, ref: catalog_mod.ActionRef, frame: bytes,
+                 future: concurrent.futures.Future, limits: Limits, notes: List[str],
+                 aeid: Optional[str], token: Optional[str]):
+        self.id = exec_id
+        self.ref = ref
+        self.frame = frame
+        self.future = future
+        self.limits = limits
+        self.notes = notes
+        self.aeid = aeid
+        self.token = token
+        self.sock: Optional[socket.socket] = None
+        self.out_r = self.err_r = -1
+        self.written = 0
+        self.pid: Optional[int] = None
+        self.scratch: Optional[str] = None
+        self.started = 0.0
+        self.deadline: Optional[float] = None
+        self.reader = protocol.FrameReader(
+            (limits.max_result_bytes or protocol.DEFAULT_MAX_FRAME) + 64 * 1024)
+        tail = min(limits.max_output_bytes or TAIL_BYTES, TAIL_BYTES)
+        self.stdout = _Tail(tail)
+        self.stderr = _Tail(tail)
+        self.isolation: Dict[str, Any] = {}
+        self.reply: Optional[Dict[str, Any]] = None
+        self.logs: List[Dict[str, Any]] = []
+        self.log_bytes = 0
+        self.logs_dropped = 0
+        self.kill_reason: Optional[str] = None
+        self.kill_message = ""
+        self.kill_sent = False
+        self.channel_closed = False
+
+    def redact(self, text: Optional[str]) -> Optional[str]:
+        if text and self.token:
+            return text.replace(self.token, REDACTED)
+        return text
+
+
+class Sandbox:
+    """Runs actions in sandboxed, single-use children. Thread-safe.
+
+    ``Sandbox(max_workers=4, ceiling=None, ...)`` starts a zygote at once and
+    raises :class:`SandboxError` if it cannot. ``ceiling`` is the operator's
+    :class:`Limits` (default :data:`~mistral_sandbox.runner.limits.DEFAULT_CEILING`);
+    per-call ``limits`` can only tighten it. Use as a context manager, or call
+    :meth:`shutdown`: afterwards no process, fd or temporary directory of the
+    sandbox remains.
+    """
+
+    def __init__(self, max_workers: int = 4, ceiling: Optional[Limits] = None,
+                 catalog: Optional[catalog_mod.Catalog] = None, preload=(),
+                 scratch_root: Optional[str] = None, uid_start: int = DEFAULT_UID_START,
+                 uid_count: int = DEFAULT_UID_COUNT, uid_lock_dir: Optional[str] = None,
+                 max_frame: int = protocol.DEFAULT_MAX_FRAME, python: str = sys.executable):
+        if max_workers < 1:
+            raise ValueError("max_workers must be >= 1, got %r" % (max_workers,))
+        self.max_workers = max_workers
+        self.ceiling = ceiling if ceiling is not None else DEFAULT_CEILING
+        self.catalog = catalog or catalog_mod.default_catalog()
+        self.max_frame = max_frame
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._queue: Deque[_Execution] = collections.deque()
+        self._running: Dict[int, _Execution] = {}
+        self._deadlines: List[Any] = []
+        self._shutdown = False
+        self._kill_all = False
+        self._closed = False
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
+        self._own_scratch = scratch_root is None
+        self.scratch_root = scratch_root or tempfile.mkdtemp(prefix="mistral-sandbox-")
+        os.chmod(self.scratch_root, 0o711)  # sandbox uids may enter only their own dir
+        self._zygote_cfg = {
+            "scratch_root": self.scratch_root,
+            "max_frame": max_frame,
+            "preload": list(DEFAULT_PRELOAD) + list(preload),
+            "uid_start": uid_start,
+            "uid_count": uid_count,
+            "uid_lock_dir": uid_lock_dir or _default_uid_lock_dir(),
+            "pool": max_workers + 1,
+        }
+        self._python = python
+        self._zygote: Optional[subprocess.Popen] = None
+        self._ctl: Optional[socket.socket] = None
+        self.zygote_info: Dict[str, Any] = {}
+        try:
+            self._start_zygote()
+        except BaseException:
+            self._cleanup_resources()
+            raise
+        self._thread = threading.Thread(target=self._loop, name="mistral-sandbox-io",
+                                        daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------ public API
+
+    def submit(self, ref: str, params: Optional[Mapping[str, Any]] = None,
+               context: Any = None, limits: Union[Limits, Mapping[str, Any], None] = None,
+               mode: str = "run") -> "concurrent.futures.Future[Outcome]":
+        """Queue one execution; the future resolves to its :class:`Outcome`.
+
+        ``ref``: entry-point name or ``module:Class``. ``params``: the action's
+        parameters (plain data). ``context``: an ``ActionContext`` or its
+        ``to_dict()``. ``limits``: a ``Limits`` or a mapping of limit names to
+        human values; raises :class:`~mistral_sandbox.runner.limits.LimitError`
+        if malformed. ``mode``: ``run``, ``test`` (dry run) or ``describe``.
+        Reference, parameter and context errors resolve the future with a
+        ``load_error`` outcome. Raises :class:`SandboxError` after shutdown.
+        """
+        if mode not in ("run", "test", "describe"):
+            raise ValueError("mode must be run, test or describe, got %r" % (mode,))
+        request = limits if isinstance(limits, Limits) or limits is None else Limits.parse(limits)
+        effective, notes = clamp(self.ceiling, request)
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        exec_id = next(self._ids)
+        name = ref if isinstance(ref, str) else repr(ref)
+        try:
+            action_ref = self.catalog.resolve(ref)
+            ctx = _context_dict(context)
+            aeid = ctx["execution"].get("action_execution_id")
+            if not aeid:
+                aeid = ctx["execution"]["action_execution_id"] = str(uuid.uuid4())
+            token = ctx["security"].get("auth_token")
+            if params is None:
+                params = {}
+            if not isinstance(params, Mapping):
+                raise ValueError("parameters must be a mapping, got %s" % type(params).__name__)
+            bad = [k for k in params if not isinstance(k, str)]
+            if bad:
+                raise ValueError("parameter names must be strings, got %r" % (bad[0],))
+            problem = None
+            try:
+                frame = protocol.encode({
+                    "type": "run", "id": exec_id, "action": action_ref.to_dict(),
+                    "params": dict(params), "context": ctx, "limits": effective.to_dict(),
+                    "mode": mode}, self.max_frame)
+            except protocol.SerializationError:
+                problem = protocol.find_unserializable(dict(params), "parameter") or \
+                    "context is not serializable"
+            if problem:
+                raise ValueError("cannot send the parameters: %s" % problem)
+        except (catalog_mod.ActionReferenceError, ValueError, protocol.ProtocolError) as exc:
+            future.set_result(Outcome("load_error", message=str(exc), execution_id=exec_id,
+                                      action=name, limits=effective.to_dict(human=True),
+                                      notes=notes))
+            return future
+        ex = _Execution(exec_id, action_ref, frame, future, effective, notes, aeid, token)
+        with self._lock:
+            if self._shutdown:
+                raise SandboxError("the sandbox is shut down")
+            self._queue.append(ex)
+        self._wake()
+        return future
+
+    def run(self, ref: str, params: Optional[Mapping[str, Any]] = None, context: Any = None,
+            limits: Union[Limits, Mapping[str, Any], None] = None, mode: str = "run") -> Outcome:
+        """``submit(...).result()``."""
+        return self.submit(ref, params, context, limits, mode).result()
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False,
+                 kill_running: bool = False) -> None:
+        """Stop accepting work; like ``concurrent.futures.Executor.shutdown``.
+
+        ``cancel_futures`` cancels queued executions; ``kill_running`` also
+        kills running ones (their outcome is ``cancelled``). With ``wait`` the
+        call returns when every execution has ended and the zygote, its
+        children, fds and scratch directories are gone.
+        """
+        with self._lock:
+            self._shutdown = True
+            if cancel_futures or kill_running:
+                while self._queue:
+                    self._queue.popleft().future.cancel()
+            if kill_running:
+                self._kill_all = True
+        self._wake()
+        if wait and threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def __enter__(self) -> "Sandbox":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        interrupted = exc_type is not None
+        self.shutdown(wait=True, cancel_futures=interrupted, kill_running=interrupted)
+
+    # ------------------------------------------------------------ zygote
+
+    def _start_zygote(self) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        cfg = dict(self._zygote_cfg, ctl_fd=child.fileno())
+        pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(mistral_sandbox.__file__)))
+        bootstrap = ("import sys; sys.path.insert(0, %r); "
+                     "from mistral_sandbox.runner.zygote import main; main()" % pkg_root)
+        err_path = os.path.join(self.scratch_root, "zygote.stderr")
+        with open(err_path, "wb") as err:
+            try:
+                proc = subprocess.Popen(
+                    [self._python, "-I", "-c", bootstrap, json.dumps(cfg)],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                    pass_fds=(child.fileno(),), close_fds=True, start_new_session=True,
+                    env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"},
+                    cwd="/")
+            finally:
+                child.close()
+        parent.settimeout(ZYGOTE_START_TIMEOUT)
+        try:
+            data = parent.recv(protocol_max_packet())
+        except OSError as exc:
+            data = b""
+            LOG.error("zygote did not answer: %s", exc)
+        if not data:
+            parent.close()
+            proc.kill()
+            proc.wait()
+            with open(err_path, "rb") as f:
+                tail = f.read()[-4000:].decode("utf-8", "replace").strip()
+            raise SandboxError("the zygote failed to start (exit status %s): %s"
+                               % (proc.returncode, tail or "no error output"))
+        hello = msgpack.unpackb(data, raw=False)
+        parent.setblocking(False)
+        self._zygote, self._ctl, self.zygote_info = proc, parent, hello
+        self._sel.register(parent, selectors.EVENT_READ, self._on_ctl)
+        LOG.debug("zygote %d ready (root=%s)", hello.get("pid"), hello.get("root"))
+
+    def _stop_zygote(self) -> None:
+        if self._ctl is not None:
+            try:
+                self._sel.unregister(self._ctl)
+            except (KeyError, ValueError):
+                pass
+            self._ctl.close()
+            self._ctl = None
+        if self._zygote is not None:
+            try:
+                self._zygote.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._zygote.kill()
+                self._zygote.wait()
+            self._zygote = None
+
+    def _zygote_died(self, why: str) -> None:
+        LOG.error("zygote died: %s", why)
+        proc = self._zygote
+        for ex in list(self._running.values()):
+            ex.kill_reason = ex.kill_reason or "sandbox_error"
+            ex.kill_message = ex.kill_message or "the zygote died (%s) during the execution" % why
+            self._finish(ex, None)
+        self._stop_zygote()
+        if proc is not None and proc.returncode is not None:
+            LOG.error("zygote exit status %s", proc.returncode)
+        if not self._shutdown:
+            try:
+                self._start_zygote()
+            except SandboxError as exc:
+                LOG.error("zygote restart failed: %s", exc)
+                with self._lock:
+                    self._shutdown = True
+                    queued = list(self._queue)
+                    self._queue.clear()
+                for ex in queued:
+                    if ex.future.set_running_or_notify_cancel():
+                        ex.future.set_result(self._outcome_without_run(
+                            ex, "sandbox_error", "the sandbox is broken: %s" % exc))
+
+    # ------------------------------------------------------------ I/O loop
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"x")
+        except (BlockingIOError, OSError):
+            pass
+
+    def _on_wake(self, _mask: int) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def _loop(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    kill_all = self._kill_all
+                    done = self._shutdown and not self._queue and not self._running
+                if done:
+                    break
+                if kill_all:
+                    for ex in self._running.values():
+                        self._kill(ex, "cancelled", "the sandbox was shut down during the run")
+                self._dispatch()
+                timeout = None
+                if self._deadlines:
+                    timeout = max(0.0, self._deadlines[0][0] - time.monotonic())
+                for key, mask in self._sel.select(timeout):
+                    key.data(mask)
+                self._check_deadlines()
+        except BaseException:
+            LOG.exception("sandbox I/O loop crashed")
+            for ex in list(self._running.values()):
+                ex.kill_reason = "sandbox_error"
+                ex.kill_message = "the sandbox I/O loop crashed"
+                self._finish(ex, None)
+            with self._lock:
+                self._shutdown = True
+                queued = list(self._queue)
+                self._queue.clear()
+            for ex in queued:
+                if ex.future.set_running_or_notify_cancel():
+                    ex.future.set_result(self._outcome_without_run(
+                        ex, "sandbox_error", "the sandbox I/O loop crashed"))
+        finally:
+            self._stop_zygote()
+            self._cleanup_resources()
+
+    def _cleanup_resources(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._sel.close()
+        finally:
+            self._wake_r.close()
+            self._wake_w.close()
+        if self._own_scratch:
+            shutil.rmtree(self.scratch_root, ignore_errors=True)
+
+    def _dispatch(self) -> None:
+        while len(self._running) < self.max_workers and self._ctl is not None:
+            with self._lock:
+                if not self._queue:
+                    return
+                ex = self._queue.popleft()
+            if not ex.future.set_running_or_notify_cancel():
+                continue
+            self._start(ex)
+
+    def _start(self, ex: _Execution) -> None:
+        try:
+            parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            out_r, out_w = os.pipe2(os.O_CLOEXEC)
+            err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        except OSError as exc:
+            ex.future.set_result(self._outcome_without_run(
+                ex, "sandbox_error", "cannot create the child's channel: %s" % exc))
+            return
+        try:
+            socket.send_fds(self._ctl, [msgpack.packb({"op": "fork", "id": ex.id})],
+                            [child.fileno(), out_w, err_w])
+        except OSError as exc:
+            for fd in (out_r, out_w, err_r, err_w):
+                os.close(fd)
+            parent.close()
+            child.close()
+            ex.future.set_result(self._outcome_without_run(
+                ex, "sandbox_error", "cannot reach the zygote: %s" % exc))
+            return
+        child.close()
+        os.close(out_w)
+        os.close(err_w)
+        parent.setblocking(False)
+        os.set_blocking(out_r, False)
+        os.set_blocking(err_r, False)
+        ex.sock, ex.out_r, ex.err_r = parent, out_r, err_r
+        ex.started = time.monotonic()
+        self._running[ex.id] = ex
+        if ex.limits.wall_time is not None:
+            ex.deadline = ex.started + ex.limits.wall_time
+            heapq.heappush(self._deadlines, (ex.deadline, ex.id))
+        self._sel.register(out_r, selectors.EVENT_READ, lambda m, ex=ex: self._on_output(ex, 1))
+        self._sel.register(err_r, selectors.EVENT_READ, lambda m, ex=ex: self._on_output(ex, 2))
+        self._write_request(ex)
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if ex.frame else 0)
+        self._sel.register(parent, events, lambda m, ex=ex: self._on_channel(ex, m))
+
+    def _write_request(self, ex: _Execution) -> None:
+        if not ex.frame:
+            return
+        try:
+            n = ex.sock.send(memoryview(ex.frame)[ex.written:])
+        except BlockingIOError:
+            return
+        except OSError:
+            ex.frame = b""  # child gone; its exit report will tell
+            return
+        ex.written += n
+        if ex.written >= len(ex.frame):
+            ex.frame = b""
+
+    def _on_channel(self, ex: _Execution, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE and ex.frame:
+            self._write_request(ex)
+            if not ex.frame and ex.sock is not None and not ex.channel_closed:
+                self._sel.modify(ex.sock, selectors.EVENT_READ,
+                                 lambda m, ex=ex: self._on_channel(ex, m))
+        if mask & selectors.EVENT_READ:
+            self._read_channel(ex)
+
+    def _read_channel(self, ex: _Execution) -> None:
+        if ex.channel_closed or ex.sock is None:
+            return
+        while True:
+            try:
+                data = ex.sock.recv(READ_CHUNK)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._close_channel(ex)
+                return
+            if ex.kill_reason == "protocol_error":
+                continue  # already condemned; just drain
+            try:
+                for msg in ex.reader.feed(data):
+                    self._on_message(ex, protocol.validate(msg))
+            except protocol.ProtocolError as exc:
+                self._kill(ex, "protocol_error", "the child broke the protocol: %s" % exc)
+
+    def _close_channel(self, ex: _Execution) -> None:
+        if ex.channel_closed:
+            return
+        ex.channel_closed = True
+        try:
+            self._sel.unregister(ex.sock)
+        except (KeyError, ValueError):
+            pass
+        if ex.reply is None and not ex.kill_reason:
+            try:
+                ex.reader.eof()
+            except protocol.ProtocolError as exc:
+                self._kill(ex, "protocol_error", "the child broke the protocol: %s" % exc)
+
+    def _on_message(self, ex: _Execution, msg: Dict[str, Any]) -> None:
+        mtype = msg["type"]
+        if mtype == "log":
+            self._on_log(ex, msg)
+            return
+        if "id" in msg and msg["id"] != ex.id:
+            raise protocol.ProtocolError("message for execution %r on the channel of %r"
+                                         % (msg["id"], ex.id))
+        if mtype == "ready":
+            if ex.isolation:
+                raise protocol.ProtocolError("second ready message")
+            ex.isolation = msg["isolation"]
+        elif mtype in ("result", "error"):
+            if ex.reply is not None:
+                raise protocol.ProtocolError("second %s message" % mtype)
+            if not ex.isolation and mtype == "result":
+                raise protocol.ProtocolError("result before the child reported ready")
+            ex.reply = msg
+        elif mtype == "call":
+            raise protocol.ProtocolError("nested action calls are not enabled in this runner")
+
+    def _on_log(self, ex: _Execution, msg: Dict[str, Any]) -> None:
+        text = ex.redact(msg["msg"])
+        size = len(text)
+        cap = ex.limits.max_log_bytes
+        if cap is not None and ex.log_bytes + size > cap:
+            ex.logs_dropped += 1
+            return
+        ex.log_bytes += size
+        entry = {"level": msg["level"], "logger": msg.get("logger"), "msg": text}
+        ex.logs.append(entry)
+        if ACTION_LOG.isEnabledFor(msg["level"]):
+            ACTION_LOG.log(msg["level"], "[%s #%d] %s", ex.ref.name, ex.id, text)
+
+    def _on_output(self, ex: _Execution, which: int) -> None:
+        fd = ex.out_r if which == 1 else ex.err_r
+        tail = ex.stdout if which == 1 else ex.stderr
+        while fd >= 0:
+            try:
+                data = os.read(fd, READ_CHUNK)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._close_output(ex, which)
+                return
+            tail.add(data)
+            cap = ex.limits.max_output_bytes
+            if cap is not None and ex.stdout.total + ex.stderr.total > cap:
+                self._kill(ex, "output_limit", "the action wrote more than %d bytes to "
+                           "stdout/stderr" % cap)
+
+    def _close_output(self, ex: _Execution, which: int) -> None:
+        fd = ex.out_r if which == 1 else ex.err_r
+        if fd < 0:
+            return
+        try:
+            self._sel.unregister(fd)
+        except (KeyError, ValueError):
+            pass
+        os.close(fd)
+        if which == 1:
+            ex.out_r = -1
+        else:
+            ex.err_r = -1
+
+    def _kill(self, ex: _Execution, reason: str, message: str) -> None:
+        # a reply already in hand stands, unless the child broke the protocol after it
+        if ex.kill_reason is None and (ex.reply is None or reason == "protocol_error"):
+            ex.kill_reason, ex.kill_message = reason, message
+        if not ex.kill_sent and self._ctl is not None:
+            ex.kill_sent = True
+            try:
+                self._ctl.send(msgpack.packb({"op": "kill", "id": ex.id}))
+            except OSError as exc:
+                LOG.error("cannot ask the zygote to kill execution %d: %s", ex.id, exc)
+
+    def _check_deadlines(self) -> None:
+        now = time.monotonic()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, exec_id = heapq.heappop(self._deadlines)
+            ex = self._running.get(exec_id)
+            if ex is not None and ex.deadline is not None and ex.deadline <= now:
+                self._kill(ex, "timeout", "the action exceeded its wall-time limit of %gs"
+                           % ex.limits.wall_time)
+
+    def _on_ctl(self, _mask: int) -> None:
+        while self._ctl is not None:
+            try:
+                data = self._ctl.recv(protocol_max_packet())
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self._zygote_died("control channel error: %s" % exc)
+                return
+            if not data:
+                self._zygote_died("control channel closed")
+                return
+            msg = msgpack.unpackb(data, raw=False)
+            op = msg.get("op")
+            ex = self._running.get(msg.get("id"))
+            if ex is None:
+                continue
+            if op == "forked":
+                ex.pid, ex.scratch = msg["pid"], msg["scratch"]
+            elif op == "fork_failed":
+                ex.kill_reason = "sandbox_error"
+                ex.kill_message = "the zygote could not fork a child: %s" % msg.get("error")
+                self._finish(ex, None)
+            elif op == "exit":
+                self._finish(ex, msg)
+
+    def _finish(self, ex: _Execution, exit_msg: Optional[Dict[str, Any]]) -> None:
+        """Drain what the dead child left, close its fds, resolve its future."""
+        if ex.sock is not None:
+            if exit_msg is not None:
+                self._read_channel(ex)
+                self._on_output(ex, 1)
+                self._on_output(ex, 2)
+            self._close_channel(ex)
+            ex.sock.close()
+            ex.sock = None
+        self._close_output(ex, 1)
+        self._close_output(ex, 2)
+        self._running.pop(ex.id, None)
+        outcome = self._classify(ex, exit_msg)
+        if exit_msg is None and ex.scratch:
+            shutil.rmtree(ex.scratch, ignore_errors=True)
+        try:
+            ex.future.set_result(outcome)
+        except concurrent.futures.InvalidStateError:
+            pass
+
+    def _classify(self, ex: _Execution, exit_msg: Optional[Dict[str, Any]]) -> Outcome:
+        usage = Usage(wall=time.monotonic() - ex.started)
+        status = sig = None
+        if exit_msg is not None:
+            usage.cpu_user, usage.cpu_sys = exit_msg["utime"], exit_msg["stime"]
+            usage.max_rss = exit_msg["maxrss"]
+            raw = exit_msg["status"]
+            if os.WIFSIGNALED(raw):
+                sig = os.WTERMSIG(raw)
+            else:
+                status = os.waitstatus_to_exitcode(raw)
+        reply = ex.reply
+        result = None
+        error_type = traceback = None
+        handle = None
+        if ex.kill_reason:
+            reason, message = ex.kill_reason, ex.kill_message
+        elif reply is not None and reply["type"] == "result":
+            reason, message = "ok", ""
+            result = Result(reply.get("data"), reply.get("error"), reply.get("cancel", False))
+            if reply.get("sync") is False:
+                now = time.time()
+                handle = AsyncHandle(ex.aeid, ex.ref.name, now, now + ASYNC_TTL)
+                message = "asynchronous action started; its result arrives later for " \
+                          "action execution %s" % ex.aeid
+        elif reply is not None:
+            reason = _ERROR_KIND_REASON[reply["kind"]]
+            message = reply["message"]
+            error_type = reply.get("exc_type")
+            traceback = reply.get("traceback")
+        elif sig is not None:
+            reason, message = self._classify_signal(ex, sig, usage)
+        elif exit_msg is None:
+            reason, message = "sandbox_error", "the execution ended without an exit report"
+        elif status == child_mod.EXIT_CHANNEL_LOST or ex.channel_closed:
+            reason = "protocol_error"
+            message = "the child closed its channel before replying (exit status %s)" % status
+        else:
+            reason = "action_error"
+            message = "the action's process exited with status %s before returning a " \
+                      "result" % status
+        isolation = dict(ex.isolation)
+        if exit_msg is not None:
+            isolation["uid_swept"] = exit_msg.get("swept", False)
+            isolation["scratch_removed"] = exit_msg.get("scratch_removed", False)
+        notes = list(ex.notes)
+        if ex.logs_dropped:
+            notes.append("%d log records dropped (max_log_bytes)" % ex.logs_dropped)
+        return Outcome(
+            exit_reason=reason, result=result, message=ex.redact(message) or "",
+            usage=usage, stdout=ex.redact(ex.stdout.text()), stderr=ex.redact(ex.stderr.text()),
+            stdout_bytes=ex.stdout.total, stderr_bytes=ex.stderr.total,
+            exit_status=status, signal=sig, execution_id=ex.id, action=ex.ref.name,
+            action_execution_id=ex.aeid, limits=ex.limits.to_dict(human=True), notes=notes,
+            logs=ex.logs, isolation=isolation, error_type=error_type,
+            traceback=ex.redact(traceback), async_handle=handle)
+
+    @staticmethod
+    def _classify_signal(ex: _Execution, sig: int, usage: Usage):
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        cpu = ex.limits.cpu_time
+        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu is not None
+                                     and usage.cpu_user + usage.cpu_sys >= cpu):
+            return "cpu_limit", "the action exceeded its CPU-time limit of %gs" % cpu
+        rss = ex.limits.resident_set_size
+        if rss is not None and usage.max_rss >= rss:
+            return "memory_limit", "the action exceeded its memory limit (%d bytes resident)" \
+                % usage.max_rss
+        return "killed", "the action's process was killed by %s" % name
+
+    def _outcome_without_run(self, ex: _Execution, reason: str, message: str) -> Outcome:
+        return Outcome(reason, message=message, execution_id=ex.id, action=ex.ref.name,
+                       action_execution_id=ex.aeid, limits=ex.limits.to_dict(human=True),
+                       notes=list(ex.notes))
+
+
+def protocol_max_packet() -> int:
+    return 1 << 16
+
+
+def _context_dict(context: Any) -> Dict[str, Any]:
+    """An ActionContext, its dict, or None → a validated, fresh dict."""
+    from mistral_sandbox.api.context import ActionContext
+    if context is None:
+        ctx = ActionContext()
+    elif isinstance(context, ActionContext):
+        ctx = context
+    elif isinstance(context, Mapping):
+        ctx = ActionContext.from_dict(dict(context))
+    else:
+        raise ValueError("context must be an ActionContext or a mapping, got %s"
+                         % type(context).__name__)
+    return ctx.to_dict()

@@ -1,0 +1,304 @@
+"""The fork server: a small, clean, pre-imported process that forks children.
+
+Started by :class:`~mistral_sandbox.runner.supervisor.Sandbox` with a fresh
+interpreter (``python -I``), a minimal environment and no inherited fds except
+its control socket. It imports only operator-trusted modules (``preload``),
+then serves requests on the control socket (``SOCK_SEQPACKET``, one msgpack
+map per packet, fds passed with ``SCM_RIGHTS``):
+
+=======================  ===================================================
+supervisor → zygote      zygote → supervisor
+=======================  ===================================================
+                         ``hello {pid, uids, root}`` once ready
+``fork {id}`` + 3 fds    ``forked {id, pid, scratch}`` or ``fork_failed``
+``kill {id}``            (nothing; the exit report follows)
+                         ``exit {id, pid, status, rusage, swept, scratch_removed}``
+=======================  ===================================================
+
+The zygote never sees parameters, contexts or tokens: those go from the
+supervisor to the child over the child's own socketpair. It is a child
+subreaper, so orphans of an execution come back to it and are reaped. When
+running as root every execution gets its own uid from a pool claimed with
+``flock`` (so concurrent sandboxes on one host never share one); after the
+execution that uid is swept — a helper running as it sends ``kill(-1,
+SIGKILL)`` — so nothing the execution started survives, even a daemon that
+left the process group. EOF on the control socket kills every child and ends
+the zygote.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import gc
+import importlib
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import sys
+from typing import Dict, List, Optional
+
+import msgpack
+
+from mistral_sandbox.runner import child as child_mod
+from mistral_sandbox.runner import isolation
+
+MAX_PACKET = 1 << 16
+
+
+class _Execution:
+    __slots__ = ("id", "pid", "uid", "scratch")
+
+    def __init__(self, exec_id: int, pid: int, uid: Optional[int], scratch: str):
+        self.id = exec_id
+        self.pid = pid
+        self.uid = uid
+        self.scratch = scratch
+
+
+def claim_uids(lock_dir: str, start: int, count: int, want: int) -> List[int]:
+    """Claim ``want`` uids in ``[start, start+count)`` by flock; locks live as long as we do."""
+    os.makedirs(lock_dir, mode=0o700, exist_ok=True)
+    claimed = []
+    for uid in range(start, start + count):
+        if len(claimed) >= want:
+            break
+        fd = os.open(os.path.join(lock_dir, "%d.lock" % uid), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                continue
+            raise
+        claimed.append(uid)  # fd stays open (and locked) for the zygote's life
+    if len(claimed) < want:
+        raise RuntimeError("only %d of %d sandbox uids in [%d, %d) are free"
+                           % (len(claimed), want, start, start + count))
+    return claimed
+
+
+def sweep_uid(uid: int) -> None:
+    """Kill every process running as ``uid`` (a forked helper does ``kill(-1)`` as it)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            try:
+                os.kill(-1, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        finally:
+            os._exit(0)
+    while True:
+        try:
+            os.waitpid(pid, 0)
+            return
+        except InterruptedError:
+            continue
+
+
+def remove_tree(path: str) -> bool:
+    """Remove a scratch directory; True if it is gone."""
+    try:
+        os.rmdir(path)
+        return True
+    except FileNotFoundError:
+        return True
+    except OSError:
+        pass
+    shutil.rmtree(path, ignore_errors=True)
+    return not os.path.lexists(path)
+
+
+class Zygote:
+    def __init__(self, ctl: socket.socket, cfg: dict):
+        self.ctl = ctl
+        self.cfg = cfg
+        self.pid = os.getpid()
+        self.scratch_root = cfg["scratch_root"]
+        self.max_frame = int(cfg["max_frame"])
+        self.root = os.geteuid() == 0
+        self.free_uids: List[int] = []
+        self.by_id: Dict[int, _Execution] = {}
+        self.by_pid: Dict[int, _Execution] = {}
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.wake_r, self.wake_w = r, w
+
+    def start(self) -> None:
+        isolation.prctl(isolation.PR_SET_CHILD_SUBREAPER, 1)
+        if self.root:
+            self.free_uids = claim_uids(self.cfg["uid_lock_dir"], int(self.cfg["uid_start"]),
+                                        int(self.cfg["uid_count"]), int(self.cfg["pool"]))
+            for uid in self.free_uids:  # leftovers of a previous, crashed owner
+                sweep_uid(uid)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, lambda *_: self._terminate())
+        gc.freeze()  # keep preloaded objects out of the children's GC: fewer COW faults
+        self.send({"op": "hello", "pid": self.pid, "root": self.root,
+                   "uids": list(self.free_uids)})
+
+    def send(self, msg: dict) -> None:
+        self.ctl.send(msgpack.packb(msg, use_bin_type=True))
+
+    def serve(self) -> None:
+        poller = select.poll()
+        poller.register(self.ctl.fileno(), select.POLLIN)
+        poller.register(self.wake_r, select.POLLIN)
+        while True:
+            try:
+                events = poller.poll()
+            except InterruptedError:
+                continue
+            for fd, _ in events:
+                if fd == self.wake_r:
+                    try:
+                        while os.read(self.wake_r, 512):
+                            pass
+                    except BlockingIOError:
+                        pass
+                    self.reap()
+                elif fd == self.ctl.fileno():
+                    if not self.handle_ctl():
+                        self._terminate()
+
+    def handle_ctl(self) -> bool:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(self.ctl, MAX_PACKET, 3)
+        except InterruptedError:
+            return True
+        except OSError:
+            return False
+        if not data:
+            for fd in fds:
+                os.close(fd)
+            return False
+        msg = msgpack.unpackb(data, raw=False)
+        op = msg.get("op")
+        if op == "fork":
+            self.fork(int(msg["id"]), fds)
+        elif op == "kill":
+            for fd in fds:
+                os.close(fd)
+            self.kill(int(msg["id"]))
+        else:
+            for fd in fds:
+                os.close(fd)
+        return True
+
+    def fork(self, exec_id: int, fds: List[int]) -> None:
+        if len(fds) != 3:
+            for fd in fds:
+                os.close(fd)
+            self.send({"op": "fork_failed", "id": exec_id, "error": "expected 3 fds"})
+            return
+        uid = None
+        if self.root:
+            if not self.free_uids:
+                for fd in fds:
+                    os.close(fd)
+                self.send({"op": "fork_failed", "id": exec_id, "error": "no free sandbox uid"})
+                return
+            uid = self.free_uids.pop()
+        scratch = os.path.join(self.scratch_root, "x%d" % exec_id)
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            if uid is not None:
+                self.free_uids.append(uid)
+            for fd in fds:
+                os.close(fd)
+            self.send({"op": "fork_failed", "id": exec_id, "error": "fork: %s" % exc})
+            return
+        if pid == 0:
+            try:
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                child_mod.main(fds[0], fds[1], fds[2], exec_id=exec_id, uid=uid,
+                               scratch=scratch, zygote_pid=self.pid, max_frame=self.max_frame)
+            finally:
+                os._exit(126)
+        for fd in fds:
+            os.close(fd)
+        ex = _Execution(exec_id, pid, uid, scratch)
+        self.by_id[exec_id] = ex
+        self.by_pid[pid] = ex
+        self.send({"op": "forked", "id": exec_id, "pid": pid, "scratch": scratch})
+
+    def _contain(self, ex: _Execution) -> None:
+        try:
+            os.killpg(ex.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if ex.uid is not None:
+            sweep_uid(ex.uid)
+
+    def kill(self, exec_id: int) -> None:
+        ex = self.by_id.get(exec_id)
+        if ex is not None:  # not reaped yet: the pid (and its group) are still ours
+            self._contain(ex)
+
+    def reap(self) -> None:
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            except InterruptedError:
+                continue
+            if info is None:
+                return
+            pid = info.si_pid
+            ex = self.by_pid.pop(pid, None)
+            if ex is not None:
+                # leader is a zombie: its group id cannot be reused yet
+                self._contain(ex)
+            try:
+                _, status, ru = os.wait4(pid, 0)
+            except ChildProcessError:
+                continue
+            if ex is None:
+                continue  # an orphan of some execution, reparented to us
+            del self.by_id[ex.id]
+            removed = remove_tree(ex.scratch)
+            if ex.uid is not None:
+                self.free_uids.append(ex.uid)
+            self.send({"op": "exit", "id": ex.id, "pid": pid, "status": status,
+                       "utime": ru.ru_utime, "stime": ru.ru_stime,
+                       "maxrss": ru.ru_maxrss * 1024, "swept": ex.uid is not None,
+                       "scratch_removed": removed})
+
+    def _terminate(self) -> None:
+        for ex in list(self.by_id.values()):
+            self._contain(ex)
+        for uid in self.free_uids:
+            sweep_uid(uid)
+        for ex in list(self.by_id.values()):
+            remove_tree(ex.scratch)
+        os._exit(0)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """``python -I -m mistral_sandbox.runner.zygote CONFIG_JSON`` (control socket fd in the config)."""
+    argv = sys.argv[1:] if argv is None else argv
+    cfg = json.loads(argv[0])
+    os.umask(0o077)
+    for name in cfg.get("preload", ()):
+        importlib.import_module(name)
+    ctl = socket.socket(fileno=int(cfg["ctl_fd"]))
+    zygote = Zygote(ctl, cfg)
+    zygote.start()
+    zygote.serve()
+
+
+if __name__ == "__main__":
+    main()
