@@ -30,6 +30,9 @@ from mistral_sandbox.api.context import ActionContext
 from mistral_sandbox.api.exceptions import ActionException
 from mistral_sandbox.runner import isolation, protocol
 
+# sys.path entries the sandbox uid cannot read (set by the zygote); used for hints
+UNREADABLE_PATHS: list = []
+
 EXIT_OK = 0
 EXIT_CHANNEL_LOST = 125
 MAX_LOG_MSG = 8192
@@ -222,12 +225,18 @@ def _run_action(request: Dict[str, Any], channel: _Channel) -> Dict[str, Any]:
         context = ActionContext.from_dict(request.get("context"))
         action_context = loader.make_context(action, context)
     except loader.LoadError as exc:
-        raise _LoadFailure(str(exc)) from None
+        hint = ""
+        if "ModuleNotFoundError" in str(exc) and UNREADABLE_PATHS:
+            hint = ("; note: the sandbox uid cannot read %s, so only modules the zygote "
+                    "preloaded are importable from there (make the path world-readable or "
+                    "preload the module)" % ", ".join(UNREADABLE_PATHS))
+        raise _LoadFailure(str(exc) + hint) from None
     except (KeyError, TypeError, ValueError) as exc:
         raise _LoadFailure("malformed request for %s: %s" % (name, exc)) from None
     try:
         with security.bind(context.security):
-            sync = bool(action.is_sync())
+            is_sync = getattr(action, "is_sync", None)  # duck-typed actions may lack it
+            sync = bool(is_sync()) if callable(is_sync) else True
             value = api_base.call_run(action, action_context,
                                       "test" if mode == "test" else "run")
     except BaseException as exc:
@@ -239,6 +248,10 @@ def _run_action(request: Dict[str, Any], channel: _Channel) -> Dict[str, Any]:
 
 
 def _encode_reply(reply: Dict[str, Any]) -> bytes:
+    for field in ("data", "error"):
+        if not protocol.depth_ok(reply.get(field)):
+            raise protocol.SerializationError("result is nested deeper than %d levels"
+                                              % protocol.MAX_DEPTH)
     try:
         return protocol.encode(reply)
     except protocol.SerializationError as exc:

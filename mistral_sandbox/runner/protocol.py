@@ -110,16 +110,17 @@ def _reject_ext(code: int, data: bytes) -> Any:
     raise ProtocolError("msgpack extension type %d is not allowed" % code)
 
 
-def _depth_ok(value: Any) -> bool:
+def depth_ok(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """True if lists/maps in ``value`` nest at most ``limit`` levels (iterative walk)."""
     stack = [(value, 0)]
     while stack:
         v, d = stack.pop()
-        if isinstance(v, list):
-            if d >= MAX_DEPTH:
+        if isinstance(v, (list, tuple)):
+            if d >= limit:
                 return False
             stack.extend((x, d + 1) for x in v)
         elif isinstance(v, dict):
-            if d >= MAX_DEPTH:
+            if d >= limit:
                 return False
             stack.extend((x, d + 1) for x in v.values())
     return True
@@ -138,7 +139,7 @@ def unpackb(body: bytes) -> Any:
         raise ProtocolError("undecodable message: %s: %s" % (type(exc).__name__, exc)) from None
     except Exception as exc:  # any other decoder complaint is still the peer's fault
         raise ProtocolError("undecodable message: %s: %s" % (type(exc).__name__, exc)) from None
-    if not _depth_ok(obj):
+    if not depth_ok(obj):
         raise ProtocolError("message nested deeper than %d levels" % MAX_DEPTH)
     return obj
 

@@ -44,7 +44,10 @@ from mistral_sandbox.runner.outcome import AsyncHandle, Outcome, Usage
 LOG = logging.getLogger(__name__)
 ACTION_LOG = logging.getLogger("mistral_sandbox.action")
 
-DEFAULT_PRELOAD = ("mistral_sandbox.runner.child", "mistral_sandbox.actions.std")
+# Operator-trusted modules imported once in the zygote: children start with them loaded.
+DEFAULT_PRELOAD = ("mistral_sandbox.runner.child", "mistral_sandbox.actions.std",
+                   "json", "re", "datetime", "base64", "hashlib", "uuid", "tempfile",
+                   "importlib.metadata", "traceback")
 DEFAULT_UID_START = 1_500_000_000
 DEFAULT_UID_COUNT = 65536
 TAIL_BYTES = 64 * 1024
@@ -142,14 +145,17 @@ class Sandbox:
     :class:`Limits` (default :data:`~mistral_sandbox.runner.limits.DEFAULT_CEILING`);
     per-call ``limits`` can only tighten it. Use as a context manager, or call
     :meth:`shutdown`: afterwards no process, fd or temporary directory of the
-    sandbox remains.
+    sandbox remains. ``preload`` names operator-trusted modules the zygote
+    imports once (children then start with them loaded); ``extra_path`` adds
+    operator-trusted directories (action packs) to the children's module path.
     """
 
     def __init__(self, max_workers: int = 4, ceiling: Optional[Limits] = None,
                  catalog: Optional[catalog_mod.Catalog] = None, preload=(),
                  scratch_root: Optional[str] = None, uid_start: int = DEFAULT_UID_START,
                  uid_count: int = DEFAULT_UID_COUNT, uid_lock_dir: Optional[str] = None,
-                 max_frame: int = protocol.DEFAULT_MAX_FRAME, python: str = sys.executable):
+                 max_frame: int = protocol.DEFAULT_MAX_FRAME, python: str = sys.executable,
+                 extra_path=()):
         if max_workers < 1:
             raise ValueError("max_workers must be >= 1, got %r" % (max_workers,))
         self.max_workers = max_workers
@@ -180,6 +186,7 @@ class Sandbox:
             "uid_count": uid_count,
             "uid_lock_dir": uid_lock_dir or _default_uid_lock_dir(),
             "pool": max_workers + 1,
+            "extra_path": [os.path.abspath(p) for p in extra_path],
         }
         self._python = python
         self._zygote: Optional[subprocess.Popen] = None
@@ -324,6 +331,9 @@ class Sandbox:
         self._zygote, self._ctl, self.zygote_info = proc, parent, hello
         self._sel.register(parent, selectors.EVENT_READ, self._on_ctl)
         LOG.debug("zygote %d ready (root=%s)", hello.get("pid"), hello.get("root"))
+        if hello.get("unreadable_paths"):
+            LOG.warning("sandbox uids cannot read %s: actions can import from there only "
+                        "what the zygote preloaded", ", ".join(hello["unreadable_paths"]))
 
     def _stop_zygote(self) -> None:
         if self._ctl is not None:
@@ -702,7 +712,8 @@ class Sandbox:
             reason, message = self._classify_signal(ex, sig, usage)
         elif exit_msg is None:
             reason, message = "sandbox_error", "the execution ended without an exit report"
-        elif status == child_mod.EXIT_CHANNEL_LOST or ex.channel_closed:
+        elif status in (0, child_mod.EXIT_CHANNEL_LOST):
+            # our runtime exits like this only when it could not deliver the reply
             reason = "protocol_error"
             message = "the child closed its channel before replying (exit status %s)" % status
         else:

@@ -116,6 +116,27 @@ def remove_tree(path: str) -> bool:
     return not os.path.lexists(path)
 
 
+def unreadable_paths(paths: List[str]) -> List[str]:
+    """Entries of ``paths`` an unprivileged uid cannot read (some component lacks o+x/o+r).
+
+    Children run as sandbox uids, so modules below these paths are importable
+    only if the zygote preloaded them.
+    """
+    bad = []
+    for entry in paths:
+        if not entry or not os.path.isdir(entry):
+            continue
+        path = os.path.realpath(entry)
+        parts = path.split(os.sep)
+        for i in range(2, len(parts) + 1):
+            mode = os.stat(os.sep.join(parts[:i]) or os.sep).st_mode
+            need = 0o005 if i == len(parts) else 0o001
+            if mode & need != need:
+                bad.append(entry)
+                break
+    return bad
+
+
 class Zygote:
     def __init__(self, ctl: socket.socket, cfg: dict):
         self.ctl = ctl
@@ -141,9 +162,11 @@ class Zygote:
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, lambda *_: self._terminate())
+        unreadable = unreadable_paths(sys.path) if self.root else []
+        child_mod.UNREADABLE_PATHS[:] = unreadable
         gc.freeze()  # keep preloaded objects out of the children's GC: fewer COW faults
         self.send({"op": "hello", "pid": self.pid, "root": self.root,
-                   "uids": list(self.free_uids)})
+                   "uids": list(self.free_uids), "unreadable_paths": unreadable})
 
     def send(self, msg: dict) -> None:
         self.ctl.send(msgpack.packb(msg, use_bin_type=True))
@@ -292,6 +315,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     cfg = json.loads(argv[0])
     os.umask(0o077)
+    sys.path[:0] = cfg.get("extra_path", [])
     for name in cfg.get("preload", ()):
         importlib.import_module(name)
     ctl = socket.socket(fileno=int(cfg["ctl_fd"]))

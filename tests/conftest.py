@@ -1,0 +1,76 @@
+"""Shared fixtures: a real Sandbox, and leak checks over processes, fds and temp dirs."""
+
+import os
+import tempfile
+
+import psutil
+import pytest
+
+from mistral_sandbox.runner.supervisor import DEFAULT_UID_COUNT, DEFAULT_UID_START, Sandbox
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+
+
+def open_fds():
+    return sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
+
+
+def sandbox_uid_processes():
+    """Live processes running as a sandbox uid (zombies count as gone)."""
+    out = []
+    for p in psutil.process_iter(["uids", "status"]):
+        try:
+            uids = p.info["uids"]
+            if uids and DEFAULT_UID_START <= uids.real < DEFAULT_UID_START + DEFAULT_UID_COUNT \
+                    and p.info["status"] != psutil.STATUS_ZOMBIE:
+                out.append(p.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return out
+
+
+def sandbox_temp_dirs():
+    tmp = tempfile.gettempdir()
+    return sorted(d for d in os.listdir(tmp) if d.startswith("mistral-sandbox-")
+                  and d != "mistral-sandbox-uids")
+
+
+def descendants(pid):
+    try:
+        return [c for c in psutil.Process(pid).children(recursive=True)
+                if c.status() != psutil.STATUS_ZOMBIE]
+    except psutil.NoSuchProcess:
+        return []
+
+
+class LeakCheck:
+    """Snapshot before, assert nothing new after (for one shared Sandbox)."""
+
+    def __init__(self, sandbox):
+        self.sandbox = sandbox
+        self.fds = open_fds()
+
+    def assert_clean(self):
+        zpid = self.sandbox.zygote_info["pid"]
+        assert descendants(zpid) == [], "children of the zygote survived"
+        assert sandbox_uid_processes() == [], "processes still run as a sandbox uid"
+        left = sorted(set(os.listdir(self.sandbox.scratch_root)) - {"zygote.stderr"})
+        assert left == [], "scratch directories left behind: %s" % left
+        assert open_fds() == self.fds, "the parent leaked file descriptors"
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    sb = Sandbox(max_workers=4, extra_path=[FIXTURES])
+    try:
+        yield sb
+    finally:
+        sb.shutdown()
+
+
+@pytest.fixture
+def clean(sandbox):
+    """Use in tests on the shared sandbox: asserts no leak once the test is done."""
+    check = LeakCheck(sandbox)
+    yield check
+    check.assert_clean()

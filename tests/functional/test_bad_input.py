@@ -1,0 +1,166 @@
+"""Bad input and misbehaving actions: each ends in one precise Outcome, nothing leaks,
+and the next execution works."""
+
+import pytest
+
+from mistral_sandbox.api import Result
+from mistral_sandbox.runner.limits import LimitError
+
+
+@pytest.fixture
+def then_works(sandbox, clean):
+    yield
+    out = sandbox.run("std.echo", {"output": "after"})
+    assert out.ok and out.result == Result("after")
+
+
+def test_unknown_action(sandbox, then_works):
+    out = sandbox.run("std.ecoh", {"output": 1})
+    assert out.exit_reason == "load_error"
+    assert "unknown action 'std.ecoh'" in out.message and "std.echo" in out.message
+
+
+def test_unknown_module(sandbox, then_works):
+    out = sandbox.run("no_such_pkg.mod:Thing")
+    assert out.exit_reason == "load_error"
+    assert out.message == ("cannot import module 'no_such_pkg.mod': ModuleNotFoundError: "
+                           "No module named 'no_such_pkg'")
+
+
+@pytest.mark.parametrize("ref,text", [
+    ("sample_actions:Nope", "'sample_actions' has no attribute 'Nope'"),
+    ("sample_actions:NoRun", "class NoRun has no run() method"),
+    ("sample_actions:not_a_class", "it is a function"),
+    ("sample_actions:Abstract", "is abstract (unimplemented: run)"),
+])
+def test_not_an_action(sandbox, then_works, ref, text):
+    out = sandbox.run(ref)
+    assert out.exit_reason == "load_error" and text in out.message
+
+
+def test_bad_parameters_name_the_signature(sandbox, then_works):
+    out = sandbox.run("std.echo", {"outptu": 1})
+    assert out.exit_reason == "load_error"
+    assert out.message == ("bad parameters for std.echo: missing required parameter(s): output; "
+                           "unknown parameter(s): outptu; signature: std.echo(output)")
+
+
+def test_unserializable_parameters(sandbox, then_works):
+    out = sandbox.run("std.echo", {"output": {1, 2}})
+    assert out.exit_reason == "load_error"
+    assert "parameter['output'] is a builtins.set" in out.message
+
+
+def test_malformed_limits_raise(sandbox, clean):
+    with pytest.raises(LimitError, match="limit 'memory'.*'lots'"):
+        sandbox.submit("std.noop", limits={"memory": "lots"})
+
+
+def test_action_raises(sandbox, then_works):
+    out = sandbox.run("sample_actions:Raises")
+    assert out.exit_reason == "action_error"
+    assert out.message == "KeyError: 'no such thing'"
+    assert out.error_type == "builtins.KeyError"
+    assert 'raise KeyError("no such thing")' in out.traceback
+
+
+def test_non_serializable_result(sandbox, then_works):
+    out = sandbox.run("sample_actions:ReturnsSet")
+    assert out.exit_reason == "action_error"
+    assert "result['ok'][2] is a builtins.set" in out.message
+
+
+def test_prints_100_mb(sandbox, then_works):
+    out = sandbox.run("sample_actions:PrintsHuge", {"mb": 100})
+    assert out.exit_reason == "output_limit"
+    assert "more than 1048576 bytes" in out.message
+    assert len(out.stdout) <= 64 * 1024  # only a bounded tail is kept
+
+
+def test_sleeps_forever(sandbox, then_works):
+    out = sandbox.run("sample_actions:SleepsForever", limits={"timeout": "500ms"})
+    assert out.exit_reason == "timeout"
+    assert out.message == "the action exceeded its wall-time limit of 0.5s"
+    assert out.usage.wall >= 0.5
+
+
+def test_forks_1000_children(sandbox, then_works):
+    out = sandbox.run("sample_actions:ForkBomb", {"n": 1000}, limits={"procs": 20})
+    import os
+    if os.geteuid() == 0:
+        # fork fails at the process limit; the action reports how far it got
+        assert out.exit_reason == "ok"
+        assert out.result.data < 20
+    else:
+        assert out.exit_reason in ("ok", "timeout")
+
+
+def test_allocates_10_gb(sandbox, then_works):
+    out = sandbox.run("sample_actions:MemoryBomb", {"gb": 10})
+    assert out.exit_reason == "memory_limit"
+
+
+def test_cpu_spin(sandbox, then_works):
+    out = sandbox.run("sample_actions:SpinsCPU", limits={"cpu": "1s", "timeout": "20s"})
+    assert out.exit_reason == "cpu_limit"
+    assert out.usage.cpu_user + out.usage.cpu_sys >= 0.9
+
+
+def test_exits_with_status_3(sandbox, then_works):
+    out = sandbox.run("sample_actions:Exits3")
+    assert out.exit_reason == "action_error"
+    assert out.exit_status == 3
+    assert "exited with status 3 before returning a result" in out.message
+
+
+def test_kills_itself(sandbox, then_works):
+    out = sandbox.run("sample_actions:KillsSelf")
+    assert out.exit_reason == "killed"
+    assert out.signal == 9 and "SIGKILL" in out.message
+
+
+def test_closes_its_pipe_early(sandbox, then_works):
+    out = sandbox.run("sample_actions:ClosesPipe")
+    assert out.exit_reason == "protocol_error"
+    assert "closed its channel before replying" in out.message
+
+
+def test_writes_garbage_to_the_pipe(sandbox, then_works):
+    out = sandbox.run("sample_actions:WritesGarbage")
+    assert out.exit_reason == "protocol_error"
+    assert "undecodable message" in out.message
+    assert out.usage.wall < 5  # killed at once, not after its sleep
+
+
+def test_announces_an_oversize_frame(sandbox, then_works):
+    out = sandbox.run("sample_actions:WritesOversizeHeader")
+    assert out.exit_reason == "protocol_error"
+    assert "frame of 4294967280 bytes announced" in out.message
+
+
+def test_huge_result(sandbox, then_works):
+    out = sandbox.run("sample_actions:HugeResult", {"mb": 2}, limits={"max_result_bytes": "1MiB"})
+    assert out.exit_reason == "output_limit"
+    assert "exceeds max_result_bytes=1048576" in out.message
+
+
+def test_deep_result(sandbox, then_works):
+    out = sandbox.run("sample_actions:DeepResult", {"depth": 500})
+    assert out.exit_reason == "action_error"
+    assert "nested deeper than 200 levels" in out.message
+
+
+def test_nested_call_is_not_available_yet(sandbox, then_works):
+    out = sandbox.run("sample_actions:NestedCall")
+    assert out.exit_reason == "action_error" and "NotAvailable" in out.message
+
+
+def test_token_never_leaks_into_outcome_text(sandbox, then_works):
+    token = "TOKEN-" + "abc123" * 6
+    out = sandbox.run("sample_actions:LeaksToken",
+                      context={"security": {"auth_token": token}})
+    assert out.exit_reason == "action_error"
+    dumped = str(out.to_dict()) + repr(out)
+    assert token not in dumped
+    assert "could not use token ***" in out.message
+    assert "token is ***" in out.stdout

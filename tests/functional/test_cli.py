@@ -1,0 +1,100 @@
+"""The installed ``mistral-sandbox`` command, run as a user would."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import sandbox_temp_dirs, sandbox_uid_processes
+
+
+def cli(*args, timeout=60):
+    exe = shutil.which("mistral-sandbox", path=os.path.dirname(sys.executable))
+    cmd = [exe] if exe else [sys.executable, "-m", "mistral_sandbox"]
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    before = sandbox_temp_dirs()
+    yield
+    assert sandbox_temp_dirs() == before
+    assert sandbox_uid_processes() == []
+
+
+def test_run_echo_human():
+    p = cli("run", "std.echo", "--param", "output=hello")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("outcome: ok\nresult: \"hello\"\n")
+
+
+def test_run_json_outcome():
+    p = cli("run", "std.echo", "--params-json", '{"output": {"a": 1}}', "--json")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["exit_reason"] == "ok"
+    assert out["result"] == {"data": {"a": 1}, "error": None, "cancel": False}
+    for key in ("usage", "stdout", "stderr", "limits", "isolation"):
+        assert key in out
+
+
+def test_run_failure_exit_code_and_reason():
+    p = cli("run", "std.sleep", "--param", "seconds=5", "--limit", "timeout=300ms", "--json")
+    assert p.returncode == 1
+    assert json.loads(p.stdout)["exit_reason"] == "timeout"
+    p = cli("run", "std.fail", "--param", 'error_data="boom"')
+    assert p.returncode == 1 and 'error result: "boom"' in p.stdout
+
+
+def test_bad_limit_is_a_usage_error():
+    p = cli("run", "std.echo", "--param", "output=1", "--limit", "memory=lots")
+    assert p.returncode == 2
+    assert "limit 'memory': expected a size like 256MiB" in p.stderr
+    assert "'lots'" in p.stderr
+
+
+def test_unknown_action():
+    p = cli("run", "std.ehco", "--json")
+    assert p.returncode == 1
+    out = json.loads(p.stdout)
+    assert out["exit_reason"] == "load_error" and "did you mean std.echo" in out["message"]
+
+
+def test_list_and_show():
+    p = cli("list", "--json")
+    assert p.returncode == 0
+    names = {(e["name"], e["namespace"]) for e in json.loads(p.stdout)}
+    assert ("std.echo", "mistral_sandbox.actions") in names
+    p = cli("list")
+    assert "std.noop" in p.stdout
+    p = cli("show", "std.fail")
+    assert p.returncode == 0, p.stderr
+    assert "std.fail(error_data=None)" in p.stdout and "param error_data (default None)" in p.stdout
+    p = cli("show", "nope.nope")
+    assert p.returncode == 1 and "unknown action" in p.stderr
+
+
+def test_sigterm_kills_the_child_and_cleans_up():
+    import signal
+    import time
+    exe = shutil.which("mistral-sandbox", path=os.path.dirname(sys.executable))
+    cmd = [exe] if exe else [sys.executable, "-m", "mistral_sandbox"]
+    proc = subprocess.Popen(cmd + ["run", "std.sleep", "--param", "seconds=60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    import psutil
+    deadline = time.monotonic() + 30
+    # wait until the sandboxed child exists (zygote's child)
+    while time.monotonic() < deadline:
+        kids = psutil.Process(proc.pid).children(recursive=True)
+        if len(kids) >= 2:
+            break
+        time.sleep(0.02)
+    assert len(kids) >= 2, "the CLI never started its child"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, (out, err)
+    for k in kids:
+        assert not psutil.pid_exists(k.pid) or k.status() == psutil.STATUS_ZOMBIE

@@ -1,0 +1,106 @@
+import concurrent.futures
+import threading
+
+from mistral_sandbox.api import Result
+from mistral_sandbox.runner.supervisor import Sandbox, SandboxError
+from tests.conftest import FIXTURES, LeakCheck, descendants, open_fds, sandbox_temp_dirs
+
+
+def test_50_concurrent_submissions_get_their_own_results(sandbox, clean):
+    futures = {}
+    lock = threading.Lock()
+
+    def submitter(k):
+        for i in range(k, 50, 5):
+            f = sandbox.submit("sample_actions:Echo",
+                               {"value": {"i": i, "blob": "v%d" % i * (i + 1)},
+                                "delay": (i % 7) / 100.0})
+            with lock:
+                futures[i] = f
+
+    threads = [threading.Thread(target=submitter, args=(k,)) for k in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(futures) == 50
+    for i, f in futures.items():
+        out = f.result(timeout=60)
+        assert out.exit_reason == "ok", out.message
+        assert out.result == Result({"i": i, "blob": "v%d" % i * (i + 1)})
+
+
+def test_concurrency_is_bounded_by_max_workers(sandbox, clean):
+    futures = [sandbox.submit("std.sleep", {"seconds": 0.3}) for _ in range(8)]
+    peak = 0
+    while not all(f.done() for f in futures):
+        peak = max(peak, len(descendants(sandbox.zygote_info["pid"])))
+        concurrent.futures.wait(futures, timeout=0.01)
+    assert all(f.result().ok for f in futures)
+    assert 1 <= peak <= 4
+
+
+def test_shutdown_leaves_nothing_behind():
+    fds = open_fds()
+    dirs = sandbox_temp_dirs()
+    sb = Sandbox(max_workers=2, extra_path=[FIXTURES])
+    zpid = sb.zygote_info["pid"]
+    scratch = sb.scratch_root
+    futures = [sb.submit("std.echo", {"output": i}) for i in range(6)]
+    sb.shutdown(wait=True)
+    assert [f.result().result.data for f in futures] == list(range(6))
+    import os
+    import psutil
+    assert not psutil.pid_exists(zpid) or psutil.Process(zpid).status() == psutil.STATUS_ZOMBIE
+    assert not os.path.exists(scratch)
+    assert sandbox_temp_dirs() == dirs
+    assert open_fds() == fds
+    try:
+        sb.submit("std.noop")
+    except SandboxError as exc:
+        assert "shut down" in str(exc)
+    else:
+        raise AssertionError("submit after shutdown must raise")
+
+
+def test_interrupted_caller_kills_running_children():
+    fds = open_fds()
+    sb = Sandbox(max_workers=2, extra_path=[FIXTURES])
+    zpid = sb.zygote_info["pid"]
+    running = sb.submit("sample_actions:SleepsForever")
+    queued = [sb.submit("std.noop") for _ in range(5)]
+    try:
+        with sb:
+            while not descendants(zpid):
+                concurrent.futures.wait([running], timeout=0.01)
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        pass
+    out = running.result(timeout=10)
+    assert out.exit_reason == "cancelled"
+    # every queued future ends: cancelled before it started, or finished/killed
+    assert all(f.cancelled() or f.result(timeout=10).exit_reason in ("ok", "cancelled")
+               for f in queued)
+    assert open_fds() == fds
+
+
+def test_queued_future_can_be_cancelled(sandbox, clean):
+    blockers = [sandbox.submit("std.sleep", {"seconds": 0.3}) for _ in range(4)]
+    victim = sandbox.submit("std.echo", {"output": "never"})
+    assert victim.cancel()
+    assert all(f.result().ok for f in blockers)
+    assert victim.cancelled()
+
+
+def test_many_sandboxes_in_one_process_do_not_share_uids():
+    a = Sandbox(max_workers=2)
+    b = Sandbox(max_workers=2)
+    try:
+        if a.zygote_info["root"]:
+            assert not set(a.zygote_info["uids"]) & set(b.zygote_info["uids"])
+        assert a.run("std.echo", {"output": 1}).result.data == 1
+        assert b.run("std.echo", {"output": 2}).result.data == 2
+    finally:
+        a.shutdown()
+        b.shutdown()
+    LeakCheck  # imported for symmetry with the shared fixture

@@ -1,0 +1,38 @@
+import pytest
+
+from mistral_sandbox import cli
+
+
+def test_params_parse_json_values_and_strings():
+    assert cli.parse_params(["a=1", "b=hello", "c={\"x\": [1]}", "d="], None) == {
+        "a": 1, "b": "hello", "c": {"x": [1]}, "d": ""}
+
+
+def test_params_json_and_file(tmp_path):
+    f = tmp_path / "p.json"
+    f.write_text('{"output": [1, 2]}')
+    assert cli.parse_params([], "@%s" % f) == {"output": [1, 2]}
+    assert cli.parse_params(["x=2"], '{"x": 1, "y": 3}') == {"x": 2, "y": 3}
+
+
+@pytest.mark.parametrize("pairs,js,match", [
+    (["novalue"], None, "expected NAME=VALUE"),
+    (["=3"], None, "expected NAME=VALUE"),
+    ([], "[1]", "expected a JSON object"),
+    ([], "{bad", "invalid JSON"),
+    ([], "@/nonexistent/file.json", "cannot read"),
+])
+def test_bad_params(pairs, js, match):
+    with pytest.raises(cli.UsageError, match=match):
+        cli.parse_params(pairs, js)
+
+
+def test_limits_parse_and_errors():
+    lim = cli.parse_limits(["memory=256MiB", "timeout=2s"])
+    assert lim.address_space == 256 * 2 ** 20 and lim.wall_time == 2
+    with pytest.raises(cli.UsageError, match="limit 'memory'.*'lots'"):
+        cli.parse_limits(["memory=lots"])
+    with pytest.raises(cli.UsageError, match="expected NAME=VALUE"):
+        cli.parse_limits(["memory"])
+    with pytest.raises(cli.UsageError, match="unknown limit 'speed'"):
+        cli.parse_limits(["speed=3"])
