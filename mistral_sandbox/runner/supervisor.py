@@ -722,7 +722,7 @@ class Sandbox:
                       "result" % status
         isolation = dict(ex.isolation)
         if exit_msg is not None:
-            isolation["uid_swept"] = exit_msg.get("swept", False)
+            isolation["survivors_swept"] = exit_msg.get("swept", False)
             isolation["scratch_removed"] = exit_msg.get("scratch_removed", False)
         notes = list(ex.notes)
         if ex.logs_dropped:

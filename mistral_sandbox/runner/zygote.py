@@ -19,10 +19,11 @@ The zygote never sees parameters, contexts or tokens: those go from the
 supervisor to the child over the child's own socketpair. It is a child
 subreaper, so orphans of an execution come back to it and are reaped. When
 running as root every execution gets its own uid from a pool claimed with
-``flock`` (so concurrent sandboxes on one host never share one); after the
-execution that uid is swept — a helper running as it sends ``kill(-1,
-SIGKILL)`` — so nothing the execution started survives, even a daemon that
-left the process group. EOF on the control socket kills every child and ends
+``flock`` (so concurrent sandboxes on one host never share one). When an
+execution's child dies, its process group is killed; if any of the zygote's
+children (where every orphan lands) runs as the execution's uid, that uid is
+swept — a helper running as it sends ``kill(-1, SIGKILL)`` — so nothing the
+execution started survives, even a daemon that left the process group. EOF on the control socket kills every child and ends
 the zygote.
 """
 
@@ -39,6 +40,7 @@ import shutil
 import signal
 import socket
 import sys
+import time
 from typing import Dict, List, Optional
 
 import msgpack
@@ -47,6 +49,8 @@ from mistral_sandbox.runner import child as child_mod
 from mistral_sandbox.runner import isolation
 
 MAX_PACKET = 1 << 16
+DRAIN_TIMEOUT = 5.0     # seconds to wait for swept processes to die
+DRAIN_POLL_MS = 20
 
 
 class _Execution:
@@ -103,6 +107,26 @@ def sweep_uid(uid: int) -> None:
             continue
 
 
+def _real_uid(pid: int) -> Optional[int]:
+    """Real uid of ``pid`` from /proc (None if it cannot be read)."""
+    try:
+        with open("/proc/%d/status" % pid, "rb") as f:
+            for line in f:
+                if line.startswith(b"Uid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True  # gone
+
+
 def remove_tree(path: str) -> bool:
     """Remove a scratch directory; True if it is gone."""
     try:
@@ -148,6 +172,8 @@ class Zygote:
         self.free_uids: List[int] = []
         self.by_id: Dict[int, _Execution] = {}
         self.by_pid: Dict[int, _Execution] = {}
+        self.draining: List = []
+        self.children_path = "/proc/%d/task/%d/children" % (self.pid, self.pid)
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.wake_r, self.wake_w = r, w
 
@@ -177,9 +203,11 @@ class Zygote:
         poller.register(self.wake_r, select.POLLIN)
         while True:
             try:
-                events = poller.poll()
+                events = poller.poll(DRAIN_POLL_MS if self.draining else None)
             except InterruptedError:
                 continue
+            if not events and self.draining:
+                self.reap()
             for fd, _ in events:
                 if fd == self.wake_r:
                     try:
@@ -257,20 +285,54 @@ class Zygote:
         self.by_pid[pid] = ex
         self.send({"op": "forked", "id": exec_id, "pid": pid, "scratch": scratch})
 
-    def _contain(self, ex: _Execution) -> None:
+    def _killpg(self, ex: _Execution) -> None:
         try:
             os.killpg(ex.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-        if ex.uid is not None:
+
+    def _survivors(self, ex: _Execution) -> bool:
+        """True if a process of ``ex``'s uid may still live once its child is dead.
+
+        Every orphan of an execution is reparented to us (we are a subreaper),
+        so if none of our direct children other than tracked executions runs as
+        the execution's uid, nothing of it survives and no sweep is needed.
+        """
+        try:
+            with open(self.children_path, "rb") as f:
+                pids = f.read().split()
+        except OSError:
+            return True  # cannot tell: assume the worst
+        for raw in pids:
+            pid = int(raw)
+            if pid == ex.pid or pid in self.by_pid:
+                continue
+            if _is_zombie(pid):
+                continue  # dead, waiting to be reaped by us
+            uid = _real_uid(pid)
+            if uid is None or uid == ex.uid:
+                return True
+        return False
+
+    def _contain(self, ex: _Execution) -> bool:
+        """Kill what is left of a finished execution; True if a uid sweep ran."""
+        self._killpg(ex)
+        if ex.uid is not None and self._survivors(ex):
             sweep_uid(ex.uid)
+            return True
+        return False
 
     def kill(self, exec_id: int) -> None:
         ex = self.by_id.get(exec_id)
-        if ex is not None:  # not reaped yet: the pid (and its group) are still ours
-            self._contain(ex)
+        if ex is not None:  # not reaped yet: the pid (and its group) are still ours;
+            self._killpg(ex)  # once it is dead, reap() sweeps whatever it left
 
     def reap(self) -> None:
+        """Reap every dead child, contain its execution, report what is finished."""
+        self._reap_all()
+        self._finish_drained()
+
+    def _reap_all(self) -> None:
         while True:
             try:
                 info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
@@ -282,9 +344,10 @@ class Zygote:
                 return
             pid = info.si_pid
             ex = self.by_pid.pop(pid, None)
+            swept = False
             if ex is not None:
                 # leader is a zombie: its group id cannot be reused yet
-                self._contain(ex)
+                swept = self._contain(ex)
             try:
                 _, status, ru = os.wait4(pid, 0)
             except ChildProcessError:
@@ -292,19 +355,40 @@ class Zygote:
             if ex is None:
                 continue  # an orphan of some execution, reparented to us
             del self.by_id[ex.id]
-            removed = remove_tree(ex.scratch)
+            report = {"op": "exit", "id": ex.id, "pid": pid, "status": status,
+                      "utime": ru.ru_utime, "stime": ru.ru_stime,
+                      "maxrss": ru.ru_maxrss * 1024, "swept": swept}
+            self.draining.append((ex, report, time.monotonic() + DRAIN_TIMEOUT))
+
+    def _finish_drained(self) -> None:
+        """Report executions whose killed survivors have all been reaped.
+
+        A swept process takes a moment to die; its uid is reused (and its exit
+        reported) only once none of our children runs as it any more.
+        """
+        still = []
+        now = time.monotonic()
+        for ex, report, deadline in self.draining:
+            if report["swept"] and self._survivors(ex):
+                if now < deadline:
+                    sweep_uid(ex.uid)  # anything that got through before: again
+                    still.append((ex, report, deadline))
+                    continue
+                report["survivors"] = True
+            report["scratch_removed"] = remove_tree(ex.scratch)
             if ex.uid is not None:
                 self.free_uids.append(ex.uid)
-            self.send({"op": "exit", "id": ex.id, "pid": pid, "status": status,
-                       "utime": ru.ru_utime, "stime": ru.ru_stime,
-                       "maxrss": ru.ru_maxrss * 1024, "swept": ex.uid is not None,
-                       "scratch_removed": removed})
+            self.send(report)
+        self.draining = still
 
     def _terminate(self) -> None:
         for ex in list(self.by_id.values()):
             self._contain(ex)
-        for uid in self.free_uids:
-            sweep_uid(uid)
+        for uid in self.free_uids + [ex.uid for ex, _, _ in self.draining]:
+            if uid is not None:
+                sweep_uid(uid)
+        for ex, _, _ in self.draining:
+            remove_tree(ex.scratch)
         for ex in list(self.by_id.values()):
             remove_tree(ex.scratch)
         os._exit(0)

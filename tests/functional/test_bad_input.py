@@ -164,3 +164,14 @@ def test_token_never_leaks_into_outcome_text(sandbox, then_works):
     assert token not in dumped
     assert "could not use token ***" in out.message
     assert "token is ***" in out.stdout
+
+
+def test_double_forked_daemon_does_not_survive(sandbox, then_works):
+    import os
+    import psutil
+    out = sandbox.run("sample_actions:DoubleFork")
+    assert out.exit_reason == "ok"
+    daemon = out.result.data
+    assert not psutil.pid_exists(daemon) or psutil.Process(daemon).status() == "zombie"
+    if os.geteuid() == 0:
+        assert out.isolation["survivors_swept"] is True
