@@ -159,12 +159,10 @@ def cmd_list(args) -> int:
         if (e.namespace, e.name) in dups:
             flags.append("DUPLICATE")
         if (e.namespace, e.name) in shadowed:
-            flags.append("shadowed; use %s@%s" % (e.name, "mistral"
-                                                  if e.namespace == "mistral.actions"
-                                                  else e.namespace))
-        sys.stdout.write("%-*s  %-24s %s%s\n" % (width, e.name, e.namespace, e.target,
-                                                  ("  [%s]" % ", ".join(flags)) if flags
-                                                  else ""))
+            alias = "mistral" if e.namespace == "mistral.actions" else e.namespace
+            flags.append("shadowed; use %s@%s" % (e.name, alias))
+        suffix = ("  [%s]" % ", ".join(flags)) if flags else ""
+        sys.stdout.write("%-*s  %-24s %s%s\n" % (width, e.name, e.namespace, e.target, suffix))
     return EXIT_OK
 
 
@@ -212,8 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--context-json", metavar="JSON",
                      help="action context {security: {...}, execution: {...}}")
     run.add_argument("--limit", "-l", action="append", metavar="NAME=VALUE",
-                     help="tighten a limit: %s" % ", ".join(sorted(set(FIELD_NAMES) |
-                                                                  set(ALIASES))))
+                     help="tighten a limit: %s"
+                     % ", ".join(sorted(set(FIELD_NAMES) | set(ALIASES))))
     run.add_argument("--dry-run", action="store_true", help="call the action's test()")
     run.add_argument("--json", action="store_true", help="print the outcome as JSON")
     run.set_defaults(func=cmd_run)

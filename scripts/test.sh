@@ -9,7 +9,11 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install --quiet -e '.[test]'
+log=$(mktemp)
+if ! .venv/bin/python -m pip install --quiet -e '.[test]' >"$log" 2>&1; then
+    cat "$log"; rm -f "$log"; exit 1
+fi
+rm -f "$log"
 
 # As root, actions run under unprivileged sandbox uids, which must be able to read the
 # Python installation to import modules the zygote did not preload. Grant traversal

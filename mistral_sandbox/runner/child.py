@@ -30,8 +30,10 @@ from mistral_sandbox.api.context import ActionContext
 from mistral_sandbox.api.exceptions import ActionException
 from mistral_sandbox.runner import isolation, protocol
 
-# sys.path entries the sandbox uid cannot read (set by the zygote); used for hints
-UNREADABLE_PATHS: list = []
+# Set by the zygote before it forks children (inherited through fork):
+UNREADABLE_PATHS: list = []   # sys.path entries the sandbox uid cannot read (for hints)
+POLICY: Dict[str, str] = dict(isolation.DEFAULT_POLICY)  # isolation step -> level
+SECCOMP: Dict[bool, Any] = {}  # network allowed? -> compiled seccomp.Program
 
 EXIT_OK = 0
 EXIT_CHANNEL_LOST = 125
@@ -94,17 +96,32 @@ def _unwrap_result(value: Any) -> Dict[str, Any]:
 
 def _isolate(channel_fd: int, out_fd: int, err_fd: int, request_reader, *, uid: Optional[int],
              scratch: str, zygote_pid: int):
+    """Apply every isolation step under the zygote's policy; returns (sock, request, report).
+
+    The request is read after the fd step (it carries the limits) and before
+    anything that depends on the limits.
+    """
     report = isolation.Report()
-    isolation.new_session(report)
-    fd = isolation.setup_fds(report, channel_fd, out_fd, err_fd)
+    policy = POLICY
+    step = isolation.apply_step
+    step(report, policy, "session", isolation.new_session, report)
+    fd = isolation.setup_fds(report, channel_fd, out_fd, err_fd)  # always: the channel needs it
     sock = socket.socket(fileno=fd)
     request = request_reader(sock)
     limits = request.get("limits") or {}
-    isolation.make_scratch(report, scratch, uid)
-    isolation.scrub_environment(report, scratch)
-    isolation.apply_rlimits(report, limits)
-    isolation.drop_privileges(report, uid)
-    isolation.parent_death_signal(report, zygote_pid)
+    network = bool(limits.get("network"))
+    step(report, policy, "environment", isolation.scrub_environment, report, scratch)
+    step(report, policy, "scratch", isolation.make_scratch, report, scratch, uid)
+    step(report, policy, "rlimits", isolation.apply_rlimits, report, limits)
+    step(report, policy, "user_ns", isolation.user_namespace, report)
+    step(report, policy, "net_ns", isolation.net_namespace, report, network)
+    step(report, policy, "mount_ns", isolation.mount_namespace, report, scratch)
+    step(report, policy, "ipc_ns", isolation.ipc_namespace, report)
+    step(report, policy, "uts_ns", isolation.uts_namespace, report)
+    step(report, policy, "no_new_privs", isolation.no_new_privs, report)
+    step(report, policy, "seccomp", isolation.load_seccomp, report, SECCOMP.get(network))
+    step(report, policy, "uid", isolation.drop_privileges, report, uid)
+    step(report, policy, "pdeathsig", isolation.parent_death_signal, report, zygote_pid)
     return sock, request, report
 
 

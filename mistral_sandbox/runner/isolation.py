@@ -5,9 +5,17 @@ when it cannot be applied. :class:`Report` records what was applied (with its
 detail) and what was skipped (with the reason); it travels to the parent in
 the child's reply and ends up in ``Outcome.isolation``.
 
-Steps (this module): new session/process group, parent-death signal, fd
-table reduced to the channel and stdio, scrubbed environment, private scratch
-directory as cwd/HOME/TMPDIR, rlimits, unprivileged uid/gid when root.
+Steps, in the order the child applies them (:data:`STEPS`): new
+session/process group; fd table reduced to the channel and stdio; scrubbed
+environment; private scratch directory as cwd/HOME/TMPDIR; rlimits; Linux
+namespaces (user when not root, network unless the limits allow network,
+mount with a read-only view of the host and only the scratch directory
+writable, ipc, uts); ``PR_SET_NO_NEW_PRIVS``; a seccomp filter; unprivileged
+uid/gid when root; parent-death signal.
+
+Each step has a policy (:data:`DEFAULT_POLICY`): ``required`` (failure fails
+the execution with ``sandbox_error`` naming the step), ``best_effort``
+(failure is recorded as skipped, with the reason) or ``off``.
 """
 
 from __future__ import annotations
@@ -24,6 +32,37 @@ PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
 
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWNET = 0x40000000
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+AT_FDCWD = -100
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR_RDONLY = 0x1
+SYS_MOUNT_SETATTR = 442  # same number on every architecture (new syscall table)
+
+REQUIRED, BEST_EFFORT, OFF = "required", "best_effort", "off"
+STEPS = ("session", "fds", "environment", "scratch", "rlimits", "user_ns", "net_ns",
+         "mount_ns", "ipc_ns", "uts_ns", "no_new_privs", "seccomp", "uid", "pdeathsig")
+DEFAULT_POLICY = {
+    "session": REQUIRED, "fds": REQUIRED, "environment": REQUIRED, "scratch": REQUIRED,
+    "rlimits": REQUIRED,
+    # namespaces: used wherever the kernel permits; seccomp already refuses inet
+    # sockets when network is off, so a host without netns still has no network.
+    "user_ns": BEST_EFFORT, "net_ns": BEST_EFFORT, "mount_ns": BEST_EFFORT,
+    "ipc_ns": BEST_EFFORT, "uts_ns": BEST_EFFORT,
+    "no_new_privs": REQUIRED, "seccomp": REQUIRED, "uid": REQUIRED, "pdeathsig": REQUIRED,
+}
+
 CHANNEL_FD = 3
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
@@ -36,6 +75,7 @@ class IsolationError(Exception):
     def __init__(self, step: str, message: str):
         super().__init__("isolation step %s failed: %s" % (step, message))
         self.step = step
+        self.reason = message
 
 
 class Report:
@@ -55,6 +95,41 @@ class Report:
 
     def to_dict(self) -> Dict[str, Any]:
         return {"applied": list(self.applied), "skipped": list(self.skipped)}
+
+
+class PolicyError(ValueError):
+    """An isolation policy names an unknown step or level."""
+
+
+def make_policy(overrides=None) -> Dict[str, str]:
+    """DEFAULT_POLICY updated with ``overrides``; PolicyError names bad entries."""
+    policy = dict(DEFAULT_POLICY)
+    for step, level in (overrides or {}).items():
+        if step not in DEFAULT_POLICY:
+            raise PolicyError("unknown isolation step %r (steps: %s)" % (step, ", ".join(STEPS)))
+        if level not in (REQUIRED, BEST_EFFORT, OFF):
+            raise PolicyError("isolation step %s: level must be required, best_effort or off, "
+                              "got %r" % (step, level))
+        policy[step] = level
+    return policy
+
+
+def apply_step(report: "Report", policy: Dict[str, str], step: str, fn, *args) -> Any:
+    """Run one step under its policy; returns fn's value (None when skipped)."""
+    level = policy.get(step, REQUIRED)
+    if level == OFF:
+        report.skip(step, "disabled by policy")
+        return None
+    try:
+        return fn(*args)
+    except IsolationError as exc:
+        reason = exc.reason
+    except (OSError, ValueError) as exc:
+        reason = str(exc)
+    if level == REQUIRED:
+        raise IsolationError(step, reason) from None
+    report.skip(step, reason)
+    return None
 
 
 def prctl(option: int, arg2: int = 0) -> None:
@@ -189,3 +264,101 @@ def drop_privileges(report: Report, uid: Optional[int]) -> None:
     if os.getuid() != uid or os.geteuid() != uid:
         raise IsolationError("uid", "still uid %d after setresuid(%d)" % (os.geteuid(), uid))
     report.ok("uid")
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, "%s: %s" % (what, os.strerror(err)))
+
+
+def unshare(flags: int, what: str) -> None:
+    _check(_libc.unshare(ctypes.c_int(flags)), "unshare(%s)" % what)
+
+
+def _mount(source: Optional[str], target: str, fstype: Optional[str], flags: int) -> None:
+    _check(_libc.mount(source.encode() if source else None, target.encode(),
+                       fstype.encode() if fstype else None, ctypes.c_ulong(flags), None),
+           "mount %s" % target)
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+def _mount_setattr(path: str, flags: int, attr_set: int, attr_clr: int) -> None:
+    attr = _MountAttr(attr_set, attr_clr, 0, 0)
+    _check(_libc.syscall(ctypes.c_long(SYS_MOUNT_SETATTR), ctypes.c_int(AT_FDCWD),
+                         path.encode(), ctypes.c_uint(flags), ctypes.byref(attr),
+                         ctypes.c_size_t(ctypes.sizeof(attr))), "mount_setattr %s" % path)
+
+
+def user_namespace(report: Report) -> None:
+    """Non-root only: a user namespace where we are root, so the others can be created."""
+    if os.geteuid() == 0:
+        report.skip("user_ns", "running as root: privileges are dropped to a sandbox uid "
+                    "instead")
+        return
+    uid, gid = os.geteuid(), os.getegid()
+    unshare(CLONE_NEWUSER, "user")
+    with open("/proc/self/setgroups", "w") as f:
+        f.write("deny")
+    with open("/proc/self/uid_map", "w") as f:
+        f.write("0 %d 1" % uid)
+    with open("/proc/self/gid_map", "w") as f:
+        f.write("0 %d 1" % gid)
+    report.ok("user_ns")
+
+
+def net_namespace(report: Report, network: bool) -> None:
+    if network:
+        report.skip("net_ns", "the limits allow network")
+        return
+    unshare(CLONE_NEWNET, "net")
+    report.ok("net_ns")
+
+
+def mount_namespace(report: Report, scratch: str) -> None:
+    """Private mount namespace: everything read-only except the scratch directory."""
+    unshare(CLONE_NEWNS, "mnt")
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    _mount(scratch, scratch, None, MS_BIND | MS_NOSUID | MS_NODEV)
+    try:
+        _mount_setattr("/", AT_RECURSIVE, MOUNT_ATTR_RDONLY, 0)
+    except OSError as exc:
+        if exc.errno != 38:  # ENOSYS: kernel older than 5.12
+            raise
+        _mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+        report.skip("mount_ns:recursive_ro", "mount_setattr unavailable: only / is read-only")
+    _mount_setattr(scratch, 0, 0, MOUNT_ATTR_RDONLY)
+    report.ok("mount_ns")
+
+
+def ipc_namespace(report: Report) -> None:
+    unshare(CLONE_NEWIPC, "ipc")
+    report.ok("ipc_ns")
+
+
+def uts_namespace(report: Report) -> None:
+    unshare(CLONE_NEWUTS, "uts")
+    name = b"sandbox"
+    _check(_libc.sethostname(name, ctypes.c_size_t(len(name))), "sethostname")
+    report.ok("uts_ns")
+
+
+def no_new_privs(report: Report) -> None:
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+    report.ok("no_new_privs")
+
+
+def load_seccomp(report: Report, program) -> None:
+    if program is None:
+        raise IsolationError("seccomp", "no filter: %s" % (SECCOMP_UNAVAILABLE[0] or
+                                                            "not built"))
+    program.load()
+    report.ok("seccomp")
+
+
+# set by the zygote when the filter could not be built (reason text)
+SECCOMP_UNAVAILABLE: List[str] = [""]

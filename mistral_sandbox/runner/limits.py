@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 SIZE_FIELDS = ("address_space", "core_file_size", "data_size", "file_size", "memory_locked",
                "resident_set_size", "stack_size", "max_result_bytes", "max_output_bytes",

@@ -37,6 +37,7 @@ from mistral_sandbox.actions import catalog as catalog_mod
 from mistral_sandbox.api.context import REDACTED
 from mistral_sandbox.api.types import Result
 from mistral_sandbox.runner import child as child_mod
+from mistral_sandbox.runner import isolation as isolation_mod
 from mistral_sandbox.runner import protocol
 from mistral_sandbox.runner.limits import DEFAULT_CEILING, Limits, clamp
 from mistral_sandbox.runner.outcome import AsyncHandle, Outcome, Usage
@@ -148,6 +149,10 @@ class Sandbox:
     sandbox remains. ``preload`` names operator-trusted modules the zygote
     imports once (children then start with them loaded); ``extra_path`` adds
     operator-trusted directories (action packs) to the children's module path.
+    ``isolation`` overrides the policy of isolation steps
+    (:data:`~mistral_sandbox.runner.isolation.DEFAULT_POLICY`), e.g.
+    ``{"net_ns": "required"}``; a malformed policy raises ``PolicyError``.
+    ``seccomp_library`` names the libseccomp to load (default: the system's).
     """
 
     def __init__(self, max_workers: int = 4, ceiling: Optional[Limits] = None,
@@ -155,7 +160,8 @@ class Sandbox:
                  scratch_root: Optional[str] = None, uid_start: int = DEFAULT_UID_START,
                  uid_count: int = DEFAULT_UID_COUNT, uid_lock_dir: Optional[str] = None,
                  max_frame: int = protocol.DEFAULT_MAX_FRAME, python: str = sys.executable,
-                 extra_path=()):
+                 extra_path=(), isolation: Optional[Mapping[str, str]] = None,
+                 seccomp_library: Optional[str] = None):
         if max_workers < 1:
             raise ValueError("max_workers must be >= 1, got %r" % (max_workers,))
         self.max_workers = max_workers
@@ -187,6 +193,8 @@ class Sandbox:
             "uid_lock_dir": uid_lock_dir or _default_uid_lock_dir(),
             "pool": max_workers + 1,
             "extra_path": [os.path.abspath(p) for p in extra_path],
+            "policy": isolation_mod.make_policy(isolation),
+            "seccomp_library": seccomp_library,
         }
         self._python = python
         self._zygote: Optional[subprocess.Popen] = None

@@ -23,8 +23,8 @@ running as root every execution gets its own uid from a pool claimed with
 execution's child dies, its process group is killed; if any of the zygote's
 children (where every orphan lands) runs as the execution's uid, that uid is
 swept — a helper running as it sends ``kill(-1, SIGKILL)`` — so nothing the
-execution started survives, even a daemon that left the process group. EOF on the control socket kills every child and ends
-the zygote.
+execution started survives, even a daemon that left the process group. EOF
+on the control socket kills every child and ends the zygote.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from typing import Dict, List, Optional
 import msgpack
 
 from mistral_sandbox.runner import child as child_mod
-from mistral_sandbox.runner import isolation
+from mistral_sandbox.runner import isolation, seccomp
 
 MAX_PACKET = 1 << 16
 DRAIN_TIMEOUT = 5.0     # seconds to wait for swept processes to die
@@ -188,11 +188,23 @@ class Zygote:
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, lambda *_: self._terminate())
+        child_mod.POLICY.clear()
+        child_mod.POLICY.update(self.cfg.get("policy") or isolation.DEFAULT_POLICY)
+        if child_mod.POLICY.get("seccomp") != isolation.OFF:
+            try:
+                for network in (False, True):
+                    child_mod.SECCOMP[network] = seccomp.Program(
+                        seccomp.build(network, self.cfg.get("seccomp_library")))
+            except seccomp.SeccompUnavailable as exc:
+                child_mod.SECCOMP.clear()
+                isolation.SECCOMP_UNAVAILABLE[0] = str(exc)
         unreadable = unreadable_paths(sys.path) if self.root else []
         child_mod.UNREADABLE_PATHS[:] = unreadable
         gc.freeze()  # keep preloaded objects out of the children's GC: fewer COW faults
         self.send({"op": "hello", "pid": self.pid, "root": self.root,
-                   "uids": list(self.free_uids), "unreadable_paths": unreadable})
+                   "uids": list(self.free_uids), "unreadable_paths": unreadable,
+                   "seccomp": isolation.SECCOMP_UNAVAILABLE[0] or "ok",
+                   "policy": dict(child_mod.POLICY)})
 
     def send(self, msg: dict) -> None:
         self.ctl.send(msgpack.packb(msg, use_bin_type=True))
@@ -395,7 +407,8 @@ class Zygote:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    """``python -I -m mistral_sandbox.runner.zygote CONFIG_JSON`` (control socket fd in the config)."""
+    """``python -I -m mistral_sandbox.runner.zygote CONFIG_JSON``; the config names the
+    control socket's fd (``ctl_fd``)."""
     argv = sys.argv[1:] if argv is None else argv
     cfg = json.loads(argv[0])
     os.umask(0o077)

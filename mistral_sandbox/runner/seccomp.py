@@ -1,0 +1,142 @@
+"""Seccomp filter, built once with the system libseccomp (via ctypes), loaded per child.
+
+The filter allows everything except a deny list (see :data:`DENIED_SYSCALLS`),
+which fails with ``EPERM``; ``clone``/``clone3`` that would create namespaces
+are refused, and with network off so is ``socket(AF_INET|AF_INET6, ...)``.
+
+:func:`build` compiles the filter to a classic BPF program (bytes) in the
+zygote — once per network setting; :func:`load` installs such a program in
+the calling process with one ``prctl`` (needs ``PR_SET_NO_NEW_PRIVS`` first).
+No binding on the package index is maintained, hence ctypes; libseccomp
+(Debian ``libseccomp2``) computes the architecture-correct syscall numbers
+and the BPF for us, which a hand-assembled program would have to duplicate.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+from typing import Optional
+
+DENIED_SYSCALLS = (
+    "ptrace", "process_vm_readv", "process_vm_writev", "mount", "umount2", "pivot_root",
+    "chroot", "bpf", "kexec_load", "kexec_file_load", "keyctl", "add_key", "request_key",
+    "perf_event_open", "unshare", "setns", "init_module", "finit_module", "delete_module",
+    "open_by_handle_at", "name_to_handle_at", "swapon", "swapoff", "reboot", "userfaultfd",
+    "fsopen", "fsmount", "fspick", "move_mount", "open_tree", "mount_setattr", "acct",
+    "settimeofday", "clock_settime", "adjtimex", "syslog", "iopl", "ioperm", "quotactl",
+    "lookup_dcookie", "vhangup", "personality",
+)
+CLONE_NAMESPACE_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000,
+                         0x20000000, 0x40000000, 0x00000080)  # NS CGROUP UTS IPC USER PID NET TIME
+AF_INET, AF_INET6 = 2, 10
+
+SCMP_ACT_ALLOW = 0x7FFF0000
+SCMP_CMP_EQ = 4
+SCMP_CMP_MASKED_EQ = 7
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+
+
+def SCMP_ACT_ERRNO(err: int) -> int:
+    return 0x00050000 | (err & 0xFFFF)
+
+
+class SeccompUnavailable(Exception):
+    """libseccomp cannot be loaded or the filter cannot be built."""
+
+
+class _ArgCmp(ctypes.Structure):
+    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int),
+                ("datum_a", ctypes.c_uint64), ("datum_b", ctypes.c_uint64)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def _library(path: Optional[str]):
+    name = path or ctypes.util.find_library("seccomp") or "libseccomp.so.2"
+    try:
+        lib = ctypes.CDLL(name, use_errno=True)
+    except OSError as exc:
+        raise SeccompUnavailable("cannot load libseccomp (%s): %s" % (name, exc)) from None
+    lib.seccomp_init.restype = ctypes.c_void_p
+    lib.seccomp_init.argtypes = [ctypes.c_uint32]
+    lib.seccomp_release.argtypes = [ctypes.c_void_p]
+    lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
+                                           ctypes.c_uint, ctypes.POINTER(_ArgCmp)]
+    lib.seccomp_export_bpf.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    return lib
+
+
+def build(network: bool, library: Optional[str] = None) -> bytes:
+    """Compile the filter; returns the BPF program (8-byte instructions)."""
+    lib = _library(library)
+    ctx = lib.seccomp_init(SCMP_ACT_ALLOW)
+    if not ctx:
+        raise SeccompUnavailable("seccomp_init failed")
+    deny = SCMP_ACT_ERRNO(errno.EPERM)
+
+    def rule(action, name, *cmps):
+        nr = lib.seccomp_syscall_resolve_name(name.encode())
+        if nr < 0:
+            return  # syscall unknown on this architecture: nothing to deny
+        arr = (_ArgCmp * max(1, len(cmps)))(*cmps)
+        rc = lib.seccomp_rule_add_array(ctx, action, nr, len(cmps), arr)
+        if rc < 0:
+            raise SeccompUnavailable("seccomp_rule_add(%s) failed: %s" % (name, os.strerror(-rc)))
+
+    try:
+        for name in DENIED_SYSCALLS:
+            rule(deny, name)
+        for flag in CLONE_NAMESPACE_FLAGS:
+            rule(deny, "clone", _ArgCmp(0, SCMP_CMP_MASKED_EQ, flag, flag))
+        rule(SCMP_ACT_ERRNO(errno.ENOSYS), "clone3")  # flags unreadable: make libc use clone
+        if not network:
+            for family in (AF_INET, AF_INET6):
+                rule(deny, "socket", _ArgCmp(0, SCMP_CMP_EQ, family, 0))
+        r, w = os.pipe()
+        try:
+            rc = lib.seccomp_export_bpf(ctx, w)
+            os.close(w)
+            w = -1
+            if rc < 0:
+                raise SeccompUnavailable("seccomp_export_bpf failed: %s" % os.strerror(-rc))
+            chunks = []
+            while True:
+                data = os.read(r, 65536)
+                if not data:
+                    break
+                chunks.append(data)
+        finally:
+            os.close(r)
+            if w >= 0:
+                os.close(w)
+    finally:
+        lib.seccomp_release(ctx)
+    program = b"".join(chunks)
+    if not program or len(program) % 8:
+        raise SeccompUnavailable("libseccomp produced an invalid program (%d bytes)"
+                                 % len(program))
+    return program
+
+
+class Program:
+    """A compiled filter kept in memory that children inherit; :meth:`load` installs it."""
+
+    def __init__(self, bpf: bytes):
+        self._buf = ctypes.create_string_buffer(bpf, len(bpf))
+        self._prog = _SockFprog(len(bpf) // 8, ctypes.addressof(self._buf))
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self.instructions = len(bpf) // 8
+
+    def load(self) -> None:
+        rc = self._libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(self._prog),
+                              0, 0)
+        if rc != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, "prctl(PR_SET_SECCOMP): %s" % os.strerror(err))
