@@ -195,6 +195,26 @@ def cmd_show(args) -> int:
     return EXIT_OK
 
 
+def cmd_check(args) -> int:
+    from mistral_sandbox.runner import check
+    policy = {}
+    for pair in args.policy or []:
+        step, sep, level = pair.partition("=")
+        if not sep:
+            raise UsageError("--policy %r: expected STEP=LEVEL" % pair)
+        policy[step.strip()] = level.strip()
+    try:
+        result = check.probe(policy or None, args.seccomp_library)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        json.dump(result, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(check.format_human(result) + "\n")
+    return EXIT_OK if not result.get("error") else EXIT_FAILED
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mistral-sandbox",
                                 description="Run Mistral Python actions in a sandbox.")
@@ -224,6 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("ref")
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=cmd_show)
+    chk = sub.add_parser("check", help="show what isolation this host enforces")
+    chk.add_argument("--json", action="store_true")
+    chk.add_argument("--policy", action="append", metavar="STEP=LEVEL",
+                     help="override a step's policy (required, best_effort, off)")
+    chk.add_argument("--seccomp-library", help="path of libseccomp to use")
+    chk.set_defaults(func=cmd_check)
     return p
 
 

@@ -12,7 +12,14 @@ FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 
 
 def open_fds():
-    return sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
+    """{fd: what it points to} of this process (the listing's own fd excluded)."""
+    out = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            out[int(fd)] = os.readlink("/proc/self/fd/%s" % fd)
+        except OSError:
+            pass  # the fd of the listing itself, already closed
+    return out
 
 
 def sandbox_uid_processes():
@@ -74,3 +81,11 @@ def clean(sandbox):
     check = LeakCheck(sandbox)
     yield check
     check.assert_clean()
+
+
+@pytest.fixture
+def then_works(sandbox, clean):
+    """After the test: nothing leaked, and the next execution on the same sandbox works."""
+    yield
+    out = sandbox.run("std.echo", {"output": "after"})
+    assert out.exit_reason == "ok" and out.result.data == "after", out.message

@@ -38,6 +38,17 @@ SECCOMP: Dict[bool, Any] = {}  # network allowed? -> compiled seccomp.Program
 EXIT_OK = 0
 EXIT_CHANNEL_LOST = 125
 MAX_LOG_MSG = 8192
+MAX_TEXT = 64 * 1024      # bytes of an error message or traceback sent to the parent
+TRACEBACK_FRAMES = 100    # most recent frames kept in a traceback
+
+
+def _bounded(text: str, limit: int = MAX_TEXT, tail: bool = False) -> str:
+    if len(text) <= limit:
+        return text
+    cut = len(text) - limit
+    if tail:
+        return "[%d characters cut]...%s" % (cut, text[-limit:])
+    return "%s...[%d characters cut]" % (text[:limit], cut)
 
 
 class _Channel:
@@ -62,12 +73,24 @@ class _Channel:
         return self.send_raw(protocol.encode(msg))
 
     def error(self, kind: str, message: str, exc: Optional[BaseException] = None) -> bool:
-        msg = {"type": "error", "id": self.exec_id, "kind": kind, "message": message}
-        if exc is not None:
-            msg["exc_type"] = "%s.%s" % (type(exc).__module__, type(exc).__qualname__)
-            msg["traceback"] = "".join(traceback.format_exception(
-                type(exc), exc, exc.__traceback__))
-        return self.send(msg)
+        """Send an error frame; never raises (bounded texts, a minimal frame as fallback)."""
+        msg = {"type": "error", "id": self.exec_id, "kind": kind,
+               "message": _bounded(message)}
+        try:
+            if exc is not None:
+                msg["exc_type"] = "%s.%s" % (type(exc).__module__, type(exc).__qualname__)
+                msg["traceback"] = _bounded("".join(traceback.format_exception(
+                    type(exc), exc, exc.__traceback__, limit=-TRACEBACK_FRAMES)), tail=True)
+            return self.send(msg)
+        except BaseException:
+            msg.pop("traceback", None)
+            try:
+                msg["message"] = _bounded(msg["message"], 1024)
+                return self.send(msg)
+            except BaseException:
+                return self.send_raw(protocol.encode({
+                    "type": "error", "id": self.exec_id, "kind": kind,
+                    "message": "the action failed and its error could not be encoded"}))
 
 
 class _LogHandler(logging.Handler):
@@ -102,10 +125,21 @@ def _isolate(channel_fd: int, out_fd: int, err_fd: int, request_reader, *, uid: 
     anything that depends on the limits.
     """
     report = isolation.Report()
+    try:
+        return _apply_steps(report, channel_fd, out_fd, err_fd, request_reader, uid=uid,
+                            scratch=scratch, zygote_pid=zygote_pid)
+    except isolation.IsolationError as exc:
+        exc.report = report  # what was applied before the failure, for the outcome
+        raise
+
+
+def _apply_steps(report, channel_fd, out_fd, err_fd, request_reader, *, uid, scratch,
+                 zygote_pid):
     policy = POLICY
     step = isolation.apply_step
     step(report, policy, "session", isolation.new_session, report)
-    fd = isolation.setup_fds(report, channel_fd, out_fd, err_fd)  # always: the channel needs it
+    # always applied: the channel depends on it
+    fd = step(report, {}, "fds", isolation.setup_fds, report, channel_fd, out_fd, err_fd)
     sock = socket.socket(fileno=fd)
     request = request_reader(sock)
     limits = request.get("limits") or {}
@@ -160,8 +194,10 @@ def _serve(channel_fd, out_fd, err_fd, *, exec_id, uid, scratch, zygote_pid, max
         # fd 3 is the channel once setup_fds ran; before that, nothing can be reported
         try:
             ch = _Channel(socket.socket(fileno=isolation.CHANNEL_FD), exec_id)
+            report = getattr(exc, "report", None)
             ch.send({"type": "error", "id": exec_id, "kind": "sandbox_error",
-                     "message": str(exc)})
+                     "message": str(exc),
+                     "isolation": report.to_dict() if report is not None else {}})
         except Exception:
             pass
         return EXIT_OK

@@ -25,6 +25,7 @@ import math
 import os
 import resource
 import signal
+import time
 from typing import Any, Dict, List, Optional
 
 PR_SET_PDEATHSIG = 1
@@ -81,11 +82,12 @@ class IsolationError(Exception):
 class Report:
     """Ordered record of isolation steps: ``{"applied": [...], "skipped": [...]}``."""
 
-    __slots__ = ("applied", "skipped")
+    __slots__ = ("applied", "skipped", "cost_us")
 
     def __init__(self) -> None:
         self.applied: List[str] = []
         self.skipped: List[Dict[str, str]] = []
+        self.cost_us: Dict[str, int] = {}  # step -> microseconds it took in this child
 
     def ok(self, step: str) -> None:
         self.applied.append(step)
@@ -94,7 +96,8 @@ class Report:
         self.skipped.append({"step": step, "reason": why})
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"applied": list(self.applied), "skipped": list(self.skipped)}
+        return {"applied": list(self.applied), "skipped": list(self.skipped),
+                "cost_us": dict(self.cost_us)}
 
 
 class PolicyError(ValueError):
@@ -120,8 +123,11 @@ def apply_step(report: "Report", policy: Dict[str, str], step: str, fn, *args) -
     if level == OFF:
         report.skip(step, "disabled by policy")
         return None
+    started = time.perf_counter()
     try:
-        return fn(*args)
+        value = fn(*args)
+        report.cost_us[step] = int((time.perf_counter() - started) * 1e6)
+        return value
     except IsolationError as exc:
         reason = exc.reason
     except (OSError, ValueError) as exc:
@@ -332,6 +338,7 @@ def mount_namespace(report: Report, scratch: str) -> None:
         _mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY)
         report.skip("mount_ns:recursive_ro", "mount_setattr unavailable: only / is read-only")
     _mount_setattr(scratch, 0, 0, MOUNT_ATTR_RDONLY)
+    os.chdir(scratch)  # the old cwd still refers to the directory below the new mount
     report.ok("mount_ns")
 
 
@@ -354,8 +361,8 @@ def no_new_privs(report: Report) -> None:
 
 def load_seccomp(report: Report, program) -> None:
     if program is None:
-        raise IsolationError("seccomp", "no filter: %s" % (SECCOMP_UNAVAILABLE[0] or
-                                                            "not built"))
+        why = SECCOMP_UNAVAILABLE[0] or "not built"
+        raise IsolationError("seccomp", "no filter: %s" % why)
     program.load()
     report.ok("seccomp")
 

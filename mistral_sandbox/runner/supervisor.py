@@ -164,6 +164,7 @@ class Sandbox:
                  seccomp_library: Optional[str] = None):
         if max_workers < 1:
             raise ValueError("max_workers must be >= 1, got %r" % (max_workers,))
+        policy = isolation_mod.make_policy(isolation)  # validate before allocating anything
         self.max_workers = max_workers
         self.ceiling = ceiling if ceiling is not None else DEFAULT_CEILING
         self.catalog = catalog or catalog_mod.default_catalog()
@@ -176,33 +177,35 @@ class Sandbox:
         self._shutdown = False
         self._kill_all = False
         self._closed = False
-        self._sel = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._sel.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
-        self._own_scratch = scratch_root is None
-        self.scratch_root = scratch_root or tempfile.mkdtemp(prefix="mistral-sandbox-")
-        os.chmod(self.scratch_root, 0o711)  # sandbox uids may enter only their own dir
-        self._zygote_cfg = {
-            "scratch_root": self.scratch_root,
-            "max_frame": max_frame,
-            "preload": list(DEFAULT_PRELOAD) + list(preload),
-            "uid_start": uid_start,
-            "uid_count": uid_count,
-            "uid_lock_dir": uid_lock_dir or _default_uid_lock_dir(),
-            "pool": max_workers + 1,
-            "extra_path": [os.path.abspath(p) for p in extra_path],
-            "policy": isolation_mod.make_policy(isolation),
-            "seccomp_library": seccomp_library,
-        }
         self._python = python
         self._zygote: Optional[subprocess.Popen] = None
         self._ctl: Optional[socket.socket] = None
         self.zygote_info: Dict[str, Any] = {}
+        self._own_scratch = scratch_root is None
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self.scratch_root = scratch_root or ""
         try:
+            self._wake_r.setblocking(False)
+            self._wake_w.setblocking(False)
+            self._sel.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
+            self.scratch_root = scratch_root or tempfile.mkdtemp(prefix="mistral-sandbox-")
+            os.chmod(self.scratch_root, 0o711)  # sandbox uids may enter only their own dir
+            self._zygote_cfg = {
+                "scratch_root": self.scratch_root,
+                "max_frame": max_frame,
+                "preload": list(DEFAULT_PRELOAD) + list(preload),
+                "uid_start": uid_start,
+                "uid_count": uid_count,
+                "uid_lock_dir": uid_lock_dir or _default_uid_lock_dir(),
+                "pool": max_workers + 1,
+                "extra_path": [os.path.abspath(p) for p in extra_path],
+                "policy": policy,
+                "seccomp_library": seccomp_library,
+            }
             self._start_zygote()
         except BaseException:
+            self._stop_zygote()
             self._cleanup_resources()
             raise
         self._thread = threading.Thread(target=self._loop, name="mistral-sandbox-io",
@@ -326,6 +329,11 @@ class Sandbox:
         except OSError as exc:
             data = b""
             LOG.error("zygote did not answer: %s", exc)
+        except BaseException:  # interrupted while waiting: leave nothing behind
+            parent.close()
+            proc.kill()
+            proc.wait()
+            raise
         if not data:
             parent.close()
             proc.kill()
@@ -443,7 +451,7 @@ class Sandbox:
         finally:
             self._wake_r.close()
             self._wake_w.close()
-        if self._own_scratch:
+        if self._own_scratch and self.scratch_root:
             shutil.rmtree(self.scratch_root, ignore_errors=True)
 
     def _dispatch(self) -> None:
@@ -569,6 +577,8 @@ class Sandbox:
                 raise protocol.ProtocolError("second %s message" % mtype)
             if not ex.isolation and mtype == "result":
                 raise protocol.ProtocolError("result before the child reported ready")
+            if not ex.isolation and msg.get("isolation"):
+                ex.isolation = msg["isolation"]  # a sandbox_error: steps applied so far
             ex.reply = msg
         elif mtype == "call":
             raise protocol.ProtocolError("nested action calls are not enabled in this runner")

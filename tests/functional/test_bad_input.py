@@ -3,15 +3,7 @@ and the next execution works."""
 
 import pytest
 
-from mistral_sandbox.api import Result
 from mistral_sandbox.runner.limits import LimitError
-
-
-@pytest.fixture
-def then_works(sandbox, clean):
-    yield
-    out = sandbox.run("std.echo", {"output": "after"})
-    assert out.ok and out.result == Result("after")
 
 
 def test_unknown_action(sandbox, then_works):

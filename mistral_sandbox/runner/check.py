@@ -1,0 +1,142 @@
+"""What isolation this host can enforce: host probes plus one real probe execution.
+
+:func:`probe` returns plain data; the CLI prints it (``mistral-sandbox check``).
+Every step's verdict comes from a real child's isolation report, not from a
+guess: ``enforced``, ``skipped`` (best effort, with the kernel's reason),
+``disabled`` (policy off) or ``FAILS`` (a required step this host cannot apply:
+every execution would end in ``sandbox_error``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+from typing import Any, Dict, Optional
+
+from mistral_sandbox.runner import isolation
+
+STEP_DESCRIPTIONS = {
+    "session": "own session and process group (whole group killed at the end)",
+    "fds": "only stdio and the channel fd are open",
+    "environment": "environment replaced by PATH, HOME, TMPDIR, LANG, LC_ALL",
+    "scratch": "private scratch dir as cwd/HOME/TMPDIR, removed afterwards",
+    "rlimits": "kernel rlimits: address space, CPU, files, processes, file size, core",
+    "user_ns": "user namespace (non-root only)",
+    "net_ns": "network namespace: no interfaces but a down loopback",
+    "mount_ns": "mount namespace: host read-only, only the scratch dir writable",
+    "ipc_ns": "IPC namespace: no shared SysV/POSIX IPC with the host",
+    "uts_ns": "UTS namespace: hostname 'sandbox'",
+    "no_new_privs": "PR_SET_NO_NEW_PRIVS: setuid binaries grant nothing",
+    "seccomp": "seccomp filter: ptrace, mount, bpf, kexec, keyctl, perf, unshare, "
+               "setns, inet sockets (network off)... refused",
+    "uid": "unprivileged per-execution uid (root only)",
+    "pdeathsig": "SIGKILL if the zygote dies",
+}
+
+
+def _read(path: str) -> Optional[str]:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def host_facts(seccomp_library: Optional[str] = None) -> Dict[str, Any]:
+    facts: Dict[str, Any] = {
+        "kernel": "%s %s" % (os.uname().sysname, os.uname().release),
+        "root": os.geteuid() == 0,
+        "max_user_namespaces": _read("/proc/sys/user/max_user_namespaces"),
+        "unprivileged_userns_clone": _read("/proc/sys/kernel/unprivileged_userns_clone"),
+    }
+    name = seccomp_library or ctypes.util.find_library("seccomp") or "libseccomp.so.2"
+    try:
+        lib = ctypes.CDLL(name)
+
+        class _Ver(ctypes.Structure):
+            _fields_ = [("major", ctypes.c_uint), ("minor", ctypes.c_uint),
+                        ("micro", ctypes.c_uint)]
+        lib.seccomp_version.restype = ctypes.POINTER(_Ver)
+        v = lib.seccomp_version().contents
+        facts["libseccomp"] = "%d.%d.%d" % (v.major, v.minor, v.micro)
+    except (OSError, AttributeError) as exc:
+        facts["libseccomp"] = None
+        facts["libseccomp_error"] = str(exc)
+    cgroups = []
+    mounts = _read("/proc/self/mounts") or ""
+    for line in mounts.splitlines():
+        parts = line.split()
+        if len(parts) > 3 and parts[2] in ("cgroup", "cgroup2"):
+            cgroups.append("%s %s" % (parts[2], parts[1]))
+    facts["cgroups"] = cgroups
+    return facts
+
+
+def probe(isolation_policy=None, seccomp_library: Optional[str] = None) -> Dict[str, Any]:
+    """Host facts + per-step verdicts from one real sandboxed ``std.noop``."""
+    from mistral_sandbox.runner.supervisor import Sandbox, SandboxError
+
+    policy = isolation.make_policy(isolation_policy)
+    result: Dict[str, Any] = {"host": host_facts(seccomp_library), "policy": policy}
+    try:
+        with Sandbox(max_workers=1, isolation=isolation_policy,
+                     seccomp_library=seccomp_library) as sb:
+            result["zygote"] = {k: v for k, v in sb.zygote_info.items() if k != "op"}
+            outcome = sb.run("std.noop", limits={"timeout": "10s"})
+    except SandboxError as exc:
+        result["error"] = str(exc)
+        result["steps"] = []
+        return result
+    report = outcome.isolation
+    applied = set(report.get("applied", ()))
+    skipped = {s["step"]: s["reason"] for s in report.get("skipped", ())}
+    failed_step = None
+    if outcome.exit_reason == "sandbox_error":
+        result["error"] = outcome.message
+        for step in isolation.STEPS:
+            if "isolation step %s failed" % step in outcome.message:
+                failed_step = step
+    steps = []
+    for step in isolation.STEPS:
+        level = policy.get(step, isolation.REQUIRED)
+        if step == failed_step:
+            verdict, why = "FAILS", outcome.message
+        elif step in applied:
+            verdict, why = "enforced", ""
+        elif level == isolation.OFF:
+            verdict, why = "disabled", "policy: off"
+        elif step in skipped:
+            verdict, why = "skipped", skipped[step]
+        else:
+            verdict, why = "unknown", "not reached (an earlier required step failed)"
+        steps.append({"step": step, "policy": level, "verdict": verdict, "reason": why,
+                      "what": STEP_DESCRIPTIONS[step],
+                      "cost_us": report.get("cost_us", {}).get(step)})
+    result["steps"] = steps
+    result["ok"] = outcome.exit_reason == "ok"
+    return result
+
+
+def format_human(result: Dict[str, Any]) -> str:
+    host = result["host"]
+    lines = ["host: %s, running as %s, libseccomp %s, user namespaces max %s" % (
+        host["kernel"], "root" if host["root"] else "uid %d" % os.geteuid(),
+        host.get("libseccomp") or "MISSING", host.get("max_user_namespaces"))]
+    if host.get("cgroups"):
+        lines.append("cgroups: %s (not used yet)" % ", ".join(host["cgroups"]))
+    z = result.get("zygote", {})
+    if z.get("unreadable_paths"):
+        lines.append("warning: sandbox uids cannot read %s (only preloaded modules importable "
+                     "from there)" % ", ".join(z["unreadable_paths"]))
+    for s in result["steps"]:
+        cost = " (%d µs)" % s["cost_us"] if s.get("cost_us") is not None else ""
+        line = "%-9s %-13s [%s] %s%s" % (s["verdict"], s["step"], s["policy"], s["what"], cost)
+        if s["reason"] and s["verdict"] != "enforced":
+            line += "\n          -> %s" % s["reason"]
+        lines.append(line)
+    if result.get("error"):
+        lines.append("ERROR: %s" % result["error"])
+    else:
+        lines.append("verdict: every required step is enforced on this host")
+    return "\n".join(lines)

@@ -1,0 +1,122 @@
+"""Isolation policy: required steps fail loudly, best-effort steps are reported."""
+
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from mistral_sandbox.runner.isolation import PolicyError, make_policy
+from mistral_sandbox.runner.limits import DEFAULT_CEILING
+from mistral_sandbox.runner.supervisor import Sandbox
+from tests.conftest import FIXTURES, open_fds, sandbox_temp_dirs, sandbox_uid_processes
+
+MISSING_LIB = "/nonexistent/libseccomp.so.2"
+
+
+@pytest.fixture
+def no_leaks():
+    fds, dirs = open_fds(), sandbox_temp_dirs()
+    yield
+    assert open_fds() == fds
+    assert sandbox_temp_dirs() == dirs
+    assert sandbox_uid_processes() == []
+
+
+def test_required_step_unavailable_fails_with_sandbox_error(no_leaks):
+    with Sandbox(max_workers=1, seccomp_library=MISSING_LIB) as sb:
+        assert "cannot load libseccomp" in sb.zygote_info["seccomp"]
+        out = sb.run("std.echo", {"output": 1})
+        assert out.exit_reason == "sandbox_error"
+        assert out.message.startswith("isolation step seccomp failed: no filter: cannot load "
+                                      "libseccomp (%s)" % MISSING_LIB)
+        assert out.result is None
+        # steps before it were applied and are reported; nothing after it ran
+        assert "no_new_privs" in out.isolation["applied"]
+        assert "uid" not in out.isolation["applied"]
+        # the sandbox keeps answering, with the same precise error
+        assert sb.run("std.noop").exit_reason == "sandbox_error"
+
+
+def test_best_effort_step_unavailable_is_reported_as_skipped(no_leaks):
+    with Sandbox(max_workers=1, seccomp_library=MISSING_LIB,
+                 isolation={"seccomp": "best_effort"}) as sb:
+        out = sb.run("std.echo", {"output": 1})
+        assert out.exit_reason == "ok" and out.result.data == 1
+        skipped = {s["step"]: s["reason"] for s in out.isolation["skipped"]}
+        assert "cannot load libseccomp" in skipped["seccomp"]
+
+
+def test_policy_off_disables_a_step(no_leaks):
+    with Sandbox(max_workers=1, isolation={"uts_ns": "off"}) as sb:
+        out = sb.run("std.noop")
+        assert out.ok
+        assert {"step": "uts_ns", "reason": "disabled by policy"} in out.isolation["skipped"]
+        assert "uts_ns" not in out.isolation["applied"]
+
+
+def test_malformed_policy_is_refused_precisely():
+    with pytest.raises(PolicyError, match="unknown isolation step 'seccmp'"):
+        make_policy({"seccmp": "off"})
+    with pytest.raises(PolicyError, match="level must be required, best_effort or off"):
+        make_policy({"seccomp": "maybe"})
+    with pytest.raises(PolicyError):
+        Sandbox(isolation={"net": "off"})
+
+
+def test_network_allowed_by_ceiling_and_request(no_leaks):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    ceiling = dataclasses.replace(DEFAULT_CEILING, network=True)
+    try:
+        with Sandbox(max_workers=1, ceiling=ceiling, extra_path=[FIXTURES]) as sb:
+            denied = sb.run("sample_actions:OpensSocket", {"port": port},
+                            limits={"network": False})
+            assert denied.exit_reason == "action_error"
+            assert denied.message == "PermissionError: [Errno 1] Operation not permitted"
+            out = sb.run("sample_actions:OpensSocket", {"port": port})  # ceiling applies
+            assert out.exit_reason == "ok", out.message
+            assert out.result.data == "connected"
+            assert {"step": "net_ns", "reason": "the limits allow network"} in \
+                out.isolation["skipped"]
+    finally:
+        listener.close()
+
+
+def test_network_request_cannot_exceed_the_ceiling(sandbox, clean):
+    out = sandbox.run("std.noop", limits={"network": True})
+    assert out.ok
+    assert "network: requested True, clamped to False" in out.notes
+    assert "net_ns" in out.isolation["applied"]
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "mistral_sandbox"] + list(args),
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_check_reports_every_step():
+    p = cli("check", "--json")
+    assert p.returncode == 0, p.stderr
+    result = json.loads(p.stdout)
+    verdicts = {s["step"]: s["verdict"] for s in result["steps"]}
+    assert verdicts["seccomp"] == "enforced" and verdicts["rlimits"] == "enforced"
+    if os.geteuid() == 0:
+        assert verdicts["uid"] == "enforced" and verdicts["user_ns"] == "skipped"
+    human = cli("check")
+    assert "verdict: every required step is enforced" in human.stdout
+
+
+def test_check_shows_a_required_step_that_fails():
+    p = cli("check", "--json", "--seccomp-library", MISSING_LIB)
+    assert p.returncode == 1
+    result = json.loads(p.stdout)
+    verdicts = {s["step"]: s["verdict"] for s in result["steps"]}
+    assert verdicts["seccomp"] == "FAILS"
+    assert verdicts["no_new_privs"] == "enforced"
+    assert "isolation step seccomp failed" in result["error"]

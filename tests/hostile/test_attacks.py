@@ -1,0 +1,283 @@
+"""The attack corpus: each hostile action runs through the real runner; each test asserts
+that the attack failed, that nothing of it survived, and that the next execution works
+(the ``then_works`` fixture)."""
+
+import os
+import socket
+import threading
+
+import psutil
+import pytest
+
+from tests.conftest import open_fds, sandbox_temp_dirs, sandbox_uid_processes
+
+ROOT = os.geteuid() == 0
+H = "hostile_actions:"
+AUDIT = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def audit_baseline(sandbox):
+    AUDIT.update(fds=open_fds(), dirs=sandbox_temp_dirs(), uids=sandbox_uid_processes())
+    yield
+
+
+def gone(pid):
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_fork_bomb(sandbox, then_works):
+    out = sandbox.run("sample_actions:ForkBomb", {"n": 5000}, limits={"procs": 32})
+    assert out.exit_reason == "ok"
+    if ROOT:
+        assert out.result.data < 32
+    assert out.isolation["survivors_swept"] is True
+
+
+def test_thread_bomb_counts_against_the_process_limit(sandbox, then_works):
+    out = sandbox.run(H + "ThreadBomb", limits={"procs": 16})
+    assert out.exit_reason == "ok"
+    if ROOT:
+        assert out.result.data < 16
+
+
+def test_memory_bomb(sandbox, then_works):
+    out = sandbox.run("sample_actions:GrowsMemory", limits={"memory": "256MiB"})
+    assert out.exit_reason == "memory_limit"
+    assert out.usage.max_rss <= 256 * 2 ** 20
+
+
+def test_cpu_spin(sandbox, then_works):
+    out = sandbox.run("sample_actions:SpinsCPU", limits={"cpu": "1s"})
+    assert out.exit_reason == "cpu_limit"
+
+
+def test_sigterm_ignoring_loop(sandbox, then_works):
+    out = sandbox.run(H + "IgnoresSigterm", limits={"timeout": "500ms"})
+    assert out.exit_reason == "timeout"
+    assert out.usage.wall < 5
+
+
+def test_double_fork_daemon(sandbox, then_works):
+    out = sandbox.run("sample_actions:DoubleFork")
+    assert out.exit_reason == "ok"
+    assert gone(out.result.data)
+
+
+def test_setsid_and_setpgid_escapes(sandbox, then_works):
+    out = sandbox.run(H + "EscapesProcessGroup")
+    assert out.exit_reason == "ok"
+    assert len(out.result.data) == 2
+    assert all(gone(pid) for pid in out.result.data)
+
+
+def test_reading_parent_and_init_proc_files(sandbox, then_works):
+    os.environ["MS_HOSTILE_CANARY"] = "canary-5b1f0c"
+    try:
+        pids = [os.getpid(), sandbox.zygote_info["pid"], 1]
+        out = sandbox.run(H + "ReadsProc", {"pids": pids})
+    finally:
+        del os.environ["MS_HOSTILE_CANARY"]
+    assert out.exit_reason == "ok"
+    for key, verdict in out.result.data.items():
+        if key.endswith(("/environ", "/mem", "/maps")):
+            assert verdict.startswith("denied:"), (key, verdict)
+    assert "canary-5b1f0c" not in str(out.result.data)
+
+
+def test_ptrace_and_process_vm_readv_on_the_parent(sandbox, then_works):
+    out = sandbox.run(H + "Ptraces", {"pid": os.getpid()})
+    assert out.exit_reason == "ok"
+    assert out.result.data == {"attach": "denied:EPERM", "seize": "denied:EPERM",
+                               "process_vm_readv": "denied:EPERM"}
+
+
+def test_inet_socket_with_network_off(sandbox, then_works):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(5)
+    listener.settimeout(0)
+    port = listener.getsockname()[1]
+    try:
+        out = sandbox.run(H + "ConnectsInet", {"port": port})
+        assert out.exit_reason == "ok"
+        assert out.result.data["inet"] == "denied:EPERM"
+        assert out.result.data["inet6"] == "denied:EPERM"
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nobody connected
+    finally:
+        listener.close()
+
+
+def test_writing_outside_the_scratch_directory(sandbox, then_works, tmp_path):
+    os.chmod(tmp_path, 0o777)
+    targets = ["/tmp/ms-hostile", "/dev/shm/ms-hostile", str(tmp_path / "x"),
+               os.path.join(sandbox.scratch_root, "x"), "/etc/ms-hostile"]
+    out = sandbox.run(H + "WritesOutside", {"paths": targets})
+    assert out.exit_reason == "ok"
+    data = out.result.data
+    assert data.pop("scratch").startswith("ok:")
+    for path, verdict in data.items():
+        assert verdict.startswith("denied:"), (path, verdict)
+        assert not os.path.exists(path)
+
+
+def test_reading_another_executions_scratch(sandbox, then_works):
+    victim = sandbox.submit(H + "WritesSecretAndWaits",
+                            {"secret": "victim-secret-77", "seconds": 1.5})
+    # ids are sequential; the victim's scratch is x<its id>, somewhere in 1..2000
+    attacker = sandbox.submit(H + "ReadsOtherScratch",
+                              {"root": sandbox.scratch_root, "ids": list(range(1, 2000))})
+    out = attacker.result(timeout=60)
+    assert victim.result(timeout=60).ok
+    assert out.exit_reason == "ok"
+    assert out.result.data["found"] == []
+    assert out.result.data["listing"].startswith("denied:")
+
+
+def test_inherited_fd_probing(sandbox, then_works):
+    out = sandbox.run(H + "ProbesFds")
+    assert out.exit_reason == "ok"
+    assert out.result.data == [0, 1, 2, 3]
+
+
+def test_huge_stdout(sandbox, then_works):
+    out = sandbox.run("sample_actions:PrintsHuge", {"mb": 200})
+    assert out.exit_reason == "output_limit"
+
+
+def test_huge_stderr(sandbox, then_works):
+    out = sandbox.run(H + "FloodsStderr")
+    assert out.exit_reason == "output_limit"
+    assert out.stderr_bytes > 2 ** 20 and len(out.stderr) <= 64 * 1024
+
+
+def test_huge_result(sandbox, then_works):
+    out = sandbox.run("sample_actions:HugeResult", {"mb": 32})
+    assert out.exit_reason == "output_limit"
+
+
+def test_unserializable_result(sandbox, then_works):
+    out = sandbox.run("sample_actions:ReturnsObject")
+    assert out.exit_reason == "action_error"
+    assert "result['when'] is a builtins.object" in out.message
+
+
+def test_deep_recursion(sandbox, then_works):
+    out = sandbox.run("sample_actions:Recurses")
+    assert out.exit_reason == "action_error" and "RecursionError" in out.message
+
+
+def test_interpreter_crash(sandbox, then_works):
+    out = sandbox.run(H + "Segfaults")
+    assert out.exit_reason == "killed"
+    assert out.signal == 11 and "SIGSEGV" in out.message
+
+
+def test_garbage_frame(sandbox, then_works):
+    assert sandbox.run("sample_actions:WritesGarbage").exit_reason == "protocol_error"
+
+
+def test_oversize_frame(sandbox, then_works):
+    assert sandbox.run("sample_actions:WritesOversizeHeader").exit_reason == "protocol_error"
+
+
+def test_closing_the_pipe_early(sandbox, then_works):
+    assert sandbox.run("sample_actions:ClosesPipe").exit_reason == "protocol_error"
+
+
+def test_sleep_past_the_wall_limit(sandbox, then_works):
+    out = sandbox.run(H + "SleepsPastWall", limits={"timeout": "300ms"})
+    assert out.exit_reason == "timeout"
+
+
+def test_signalling_the_zygote_and_init(sandbox, then_works):
+    zpid = sandbox.zygote_info["pid"]
+    out = sandbox.run(H + "SignalsZygote")
+    assert out.exit_reason == "ok"
+    assert out.result.data["kill_parent"] == "denied:EPERM"
+    assert out.result.data["kill_init"].startswith("denied:")
+    assert psutil.pid_exists(zpid) and not gone(zpid)
+
+
+def test_kill_minus_one_hits_only_itself(sandbox, then_works):
+    zpid = sandbox.zygote_info["pid"]
+    bystander = sandbox.submit("std.sleep", {"seconds": 1})
+    out = sandbox.run(H + "KillsEveryone")
+    # kill(-1) reaches only processes of the execution's own uid, and never the caller
+    assert out.exit_reason == "ok" and out.result.data == "survived"
+    assert bystander.result(timeout=30).exit_reason == "ok"
+    assert not gone(zpid)
+
+
+def test_namespace_and_privilege_escapes(sandbox, then_works):
+    out = sandbox.run(H + "EscapesNamespaces")
+    assert out.exit_reason == "ok"
+    data = out.result.data
+    for key in ("unshare_user", "unshare_net", "mount_tmpfs", "keyctl", "bpf", "perf_event_open"):
+        assert data[key] == "denied:EPERM", (key, data[key])
+    assert data["setuid_root"].startswith("denied:")
+    assert data["chroot"].startswith("denied:")
+    assert data["hostname"] == "sandbox"
+
+
+def test_setuid_binary_gives_no_privilege(sandbox, then_works):
+    out = sandbox.run(H + "ExecsSetuidBinary", limits={"timeout": "20s"})
+    assert out.exit_reason == "ok", out.message + out.stderr
+    if ROOT:
+        assert out.result.data["euid_in_child"] != "0"
+
+
+def test_host_secrets_unreadable(sandbox, then_works):
+    out = sandbox.run(H + "ReadsHostSecrets")
+    assert out.exit_reason == "ok"
+    for path, verdict in out.result.data.items():
+        if os.path.exists(path):
+            assert verdict.startswith("denied:"), (path, verdict)
+
+
+def test_filling_the_disk_hits_the_file_size_limit(sandbox, then_works):
+    out = sandbox.run(H + "FillsDisk", limits={"file_size": "4MiB"})
+    assert out.exit_reason == "ok"
+    assert out.result.data == {"written": 4 * 2 ** 20, "error": "EFBIG"}
+
+
+def test_opening_many_files_hits_the_fd_limit(sandbox, then_works):
+    out = sandbox.run(H + "OpensManyFiles", limits={"files": 64})
+    assert out.exit_reason == "ok"
+    assert out.result.data["error"] == "EMFILE" and out.result.data["opened"] <= 64
+
+
+def test_token_leak_through_exception(sandbox, then_works, caplog):
+    token = "gAAAAAB-hostile-token-" + "z9" * 20
+    with caplog.at_level("DEBUG"):
+        out = sandbox.run("sample_actions:LeaksToken",
+                          context={"security": {"auth_token": token}})
+    assert out.exit_reason == "action_error"
+    assert token not in str(out.to_dict()) + repr(out)
+    assert token not in caplog.text
+
+
+def test_concurrent_attacks_do_not_disturb_honest_work(sandbox, clean):
+    attacks = [sandbox.submit("sample_actions:ForkBomb", {"n": 500}, limits={"procs": 16}),
+               sandbox.submit(H + "KillsEveryone"),
+               sandbox.submit(H + "FloodsStderr"),
+               sandbox.submit("sample_actions:GrowsMemory", limits={"memory": "128MiB"})]
+    honest = [sandbox.submit("std.echo", {"output": i}) for i in range(20)]
+    assert [f.result(timeout=60).result.data for f in honest] == list(range(20))
+    assert all(f.result(timeout=60).exit_reason != "sandbox_error" for f in attacks)
+
+
+def test_zz_leak_audit_after_the_whole_suite(sandbox):
+    """Runs last in this module: nothing of any attack remains."""
+    assert sandbox_uid_processes() == AUDIT["uids"] == []
+    assert sandbox_temp_dirs() == AUDIT["dirs"]
+    assert open_fds() == AUDIT["fds"]
+    kids = [p for p in psutil.Process(sandbox.zygote_info["pid"]).children(recursive=True)
+            if p.status() != psutil.STATUS_ZOMBIE]
+    assert kids == []
+    assert sorted(os.listdir(sandbox.scratch_root)) == ["zygote.stderr"]
+    assert threading.active_count() >= 1
