@@ -1,8 +1,13 @@
 """The sandboxed child: isolate, receive one request, load one action, run, reply, exit.
 
-:func:`main` runs in a freshly forked child of the zygote and never returns
-(``os._exit``). Its conversation on the channel (fd 3) is::
+:func:`main` (cold: forked for a known request) and :func:`main_warm`
+(pre-forked and isolated ahead of time, then assigned one request) run in a
+child of the zygote and never return (``os._exit``). Isolation that does not
+depend on the request happens first (:func:`prepare`); the request's limits
+are applied when it arrives (lowering rlimits needs no privilege). The
+conversation on the channel (fd 3) is::
 
+    zygote → child   {id} + channel/stdout/stderr fds   (warm children only)
     parent → child   run      {id, action, params, context, limits, mode}
     child  → parent  ready    {id, isolation}        (before any tenant code runs)
     child  → parent  log*     {level, msg, logger}
@@ -22,6 +27,8 @@ import sys
 import traceback
 import warnings
 from typing import Any, Dict, Optional
+
+import msgpack
 
 from mistral_sandbox.actions import loader
 from mistral_sandbox.api import base as api_base
@@ -117,103 +124,117 @@ def _unwrap_result(value: Any) -> Dict[str, Any]:
     return {"data": value, "error": None, "cancel": False}
 
 
-def _isolate(channel_fd: int, out_fd: int, err_fd: int, request_reader, *, uid: Optional[int],
-             scratch: str, zygote_pid: int):
-    """Apply every isolation step under the zygote's policy; returns (sock, request, report).
+def prepare(report: isolation.Report, *, keep: tuple, uid: Optional[int], scratch: str,
+            zygote_pid: int, network: bool) -> Optional[isolation.IsolationError]:
+    """Every isolation step that does not depend on the request, in order.
 
-    The request is read after the fd step (it carries the limits) and before
-    anything that depends on the limits.
+    Closes every fd but ``keep``. Returns the error of a required step that
+    failed (reported later, over the channel, as ``sandbox_error``) or None.
     """
-    report = isolation.Report()
-    try:
-        return _apply_steps(report, channel_fd, out_fd, err_fd, request_reader, uid=uid,
-                            scratch=scratch, zygote_pid=zygote_pid)
-    except isolation.IsolationError as exc:
-        exc.report = report  # what was applied before the failure, for the outcome
-        raise
-
-
-def _apply_steps(report, channel_fd, out_fd, err_fd, request_reader, *, uid, scratch,
-                 zygote_pid):
     policy = POLICY
     step = isolation.apply_step
-    step(report, policy, "session", isolation.new_session, report)
-    # always applied: the channel depends on it
-    fd = step(report, {}, "fds", isolation.setup_fds, report, channel_fd, out_fd, err_fd)
-    sock = socket.socket(fileno=fd)
-    request = request_reader(sock)
-    limits = request.get("limits") or {}
-    network = bool(limits.get("network"))
-    step(report, policy, "environment", isolation.scrub_environment, report, scratch)
-    step(report, policy, "scratch", isolation.make_scratch, report, scratch, uid)
-    step(report, policy, "rlimits", isolation.apply_rlimits, report, limits)
-    step(report, policy, "user_ns", isolation.user_namespace, report)
-    step(report, policy, "net_ns", isolation.net_namespace, report, network)
-    step(report, policy, "mount_ns", isolation.mount_namespace, report, scratch)
-    step(report, policy, "ipc_ns", isolation.ipc_namespace, report)
-    step(report, policy, "uts_ns", isolation.uts_namespace, report)
-    step(report, policy, "no_new_privs", isolation.no_new_privs, report)
-    step(report, policy, "seccomp", isolation.load_seccomp, report, SECCOMP.get(network))
-    step(report, policy, "uid", isolation.drop_privileges, report, uid)
-    step(report, policy, "pdeathsig", isolation.parent_death_signal, report, zygote_pid)
-    return sock, request, report
+    try:
+        step(report, policy, "session", isolation.new_session, report)
+        step(report, {}, "fds", isolation.close_fds_except, report, keep)  # always applied
+        step(report, policy, "environment", isolation.scrub_environment, report, scratch)
+        step(report, policy, "scratch", isolation.make_scratch, report, scratch, uid)
+        step(report, policy, "user_ns", isolation.user_namespace, report)
+        step(report, policy, "net_ns", isolation.net_namespace, report, network)
+        step(report, policy, "mount_ns", isolation.mount_namespace, report, scratch)
+        step(report, policy, "ipc_ns", isolation.ipc_namespace, report)
+        step(report, policy, "uts_ns", isolation.uts_namespace, report)
+        step(report, policy, "no_new_privs", isolation.no_new_privs, report)
+        step(report, policy, "seccomp", isolation.load_seccomp, report, SECCOMP.get(network))
+        step(report, policy, "uid", isolation.drop_privileges, report, uid)
+        step(report, policy, "pdeathsig", isolation.parent_death_signal, report, zygote_pid)
+    except isolation.IsolationError as exc:
+        return exc
+    return None
 
 
 def main(channel_fd: int, out_fd: int, err_fd: int, *, exec_id: int, uid: Optional[int],
-         scratch: str, zygote_pid: int, max_frame: int) -> None:
-    """Entry point in the forked child; never returns."""
-    code = EXIT_OK
+         scratch: str, zygote_pid: int, max_frame: int, network: bool = False) -> None:
+    """Cold path: a child forked for one known request; never returns."""
+    code = EXIT_CHANNEL_LOST
     try:
-        code = _serve(channel_fd, out_fd, err_fd, exec_id=exec_id, uid=uid, scratch=scratch,
-                      zygote_pid=zygote_pid, max_frame=max_frame)
+        report = isolation.Report()
+        error = prepare(report, keep=(channel_fd, out_fd, err_fd), uid=uid, scratch=scratch,
+                        zygote_pid=zygote_pid, network=network)
+        isolation.install_stdio(channel_fd, out_fd, err_fd)
+        code = _serve(exec_id, max_frame, report, error, network)
     finally:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except BaseException:
-            pass
-        os._exit(code)
+        _exit(code)
 
 
-def _read_request(exec_id: int, max_frame: int):
-    def reader(sock):
-        msg = protocol.validate(protocol.read_frame(sock, max_frame), frozenset({"run"}))
-        if msg["id"] != exec_id:
-            raise protocol.ProtocolError("run frame for execution %r, expected %r"
-                                         % (msg["id"], exec_id))
-        return msg
-    return reader
+def main_warm(pool_fd: int, *, uid: Optional[int], scratch: str, zygote_pid: int,
+              max_frame: int) -> None:
+    """Warm path: isolate first, then wait for one assignment from the zygote.
 
-
-def _serve(channel_fd, out_fd, err_fd, *, exec_id, uid, scratch, zygote_pid, max_frame) -> int:
+    The zygote sends ``{id}`` with the channel, stdout and stderr fds on
+    ``pool_fd``; EOF there (zygote gone, or pool shut down) ends the child.
+    Never returns.
+    """
+    code = EXIT_CHANNEL_LOST
     try:
-        sock, request, report = _isolate(channel_fd, out_fd, err_fd,
-                                         _read_request(exec_id, max_frame), uid=uid,
-                                         scratch=scratch, zygote_pid=zygote_pid)
-    except isolation.IsolationError as exc:
-        # fd 3 is the channel once setup_fds ran; before that, nothing can be reported
-        try:
-            ch = _Channel(socket.socket(fileno=isolation.CHANNEL_FD), exec_id)
-            report = getattr(exc, "report", None)
-            ch.send({"type": "error", "id": exec_id, "kind": "sandbox_error",
-                     "message": str(exc),
-                     "isolation": report.to_dict() if report is not None else {}})
-        except Exception:
-            pass
-        return EXIT_OK
+        report = isolation.Report()
+        report.warm = True
+        error = prepare(report, keep=(pool_fd,), uid=uid, scratch=scratch,
+                        zygote_pid=zygote_pid, network=False)
+        pool = socket.socket(fileno=pool_fd)
+        data, fds, _flags, _addr = socket.recv_fds(pool, 4096, 3)
+        if not data or len(fds) != 3:
+            return
+        exec_id = int(msgpack.unpackb(data)["id"])
+        isolation.install_stdio(fds[0], fds[1], fds[2])  # also closes the pool socket
+        code = _serve(exec_id, max_frame, report, error, False)
+    finally:
+        _exit(code)
+
+
+def _exit(code: int) -> None:
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:
+        pass
+    os._exit(code)
+
+
+def _serve(exec_id: int, max_frame: int, report: isolation.Report,
+           error: Optional[isolation.IsolationError], network: bool) -> int:
+    """Channel on fd 3: read the request, apply its limits, run, reply; the exit code."""
+    sock = socket.socket(fileno=isolation.CHANNEL_FD)
+    channel = _Channel(sock, exec_id)
+    try:
+        request = protocol.validate(protocol.read_frame(sock, max_frame), frozenset({"run"}))
+        if request["id"] != exec_id:
+            raise protocol.ProtocolError("run frame for execution %r, expected %r"
+                                         % (request["id"], exec_id))
     except (EOFError, OSError, protocol.ProtocolError) as exc:
         _stderr_note("mistral-sandbox child: cannot receive the request: %s: %s"
                      % (type(exc).__name__, exc))
         return EXIT_CHANNEL_LOST
-
-    channel = _Channel(sock, exec_id)
+    limits = request.get("limits") or {}
+    if error is None and bool(limits.get("network")) != network:
+        error = isolation.IsolationError("net_ns", "child prepared with network=%s for a "
+                                         "request with network=%s" % (network,
+                                                                      limits.get("network")))
+    if error is None:
+        try:
+            isolation.apply_step(report, POLICY, "rlimits", isolation.apply_rlimits, report,
+                                 limits)
+        except isolation.IsolationError as exc:
+            error = exc
+    if error is not None:
+        channel.send({"type": "error", "id": exec_id, "kind": "sandbox_error",
+                      "message": str(error), "isolation": report.to_dict()})
+        return EXIT_OK
     if not channel.send({"type": "ready", "id": exec_id, "isolation": report.to_dict()}):
         return EXIT_CHANNEL_LOST
     # Prepared before tenant code runs: sendable even when memory is exhausted.
     out_of_memory = protocol.encode({"type": "error", "id": exec_id, "kind": "memory_error",
                                      "message": "MemoryError: the action exceeded its memory "
                                                 "limit"})
-    limits = request.get("limits") or {}
     max_result = limits.get("max_result_bytes")
     try:
         frame = _encode_reply(_run_action(request, channel))

@@ -82,9 +82,10 @@ class IsolationError(Exception):
 class Report:
     """Ordered record of isolation steps: ``{"applied": [...], "skipped": [...]}``."""
 
-    __slots__ = ("applied", "skipped", "cost_us")
+    __slots__ = ("applied", "skipped", "cost_us", "warm")
 
     def __init__(self) -> None:
+        self.warm = False  # isolated ahead of time, before the request arrived
         self.applied: List[str] = []
         self.skipped: List[Dict[str, str]] = []
         self.cost_us: Dict[str, int] = {}  # step -> microseconds it took in this child
@@ -97,7 +98,7 @@ class Report:
 
     def to_dict(self) -> Dict[str, Any]:
         return {"applied": list(self.applied), "skipped": list(self.skipped),
-                "cost_us": dict(self.cost_us)}
+                "cost_us": dict(self.cost_us), "prepared_ahead": self.warm}
 
 
 class PolicyError(ValueError):
@@ -164,21 +165,36 @@ def parent_death_signal(report: Report, expected_parent: int) -> None:
     report.ok("pdeathsig")
 
 
-def setup_fds(report: Report, channel: int, out: int, err: int) -> int:
-    """stdin=/dev/null, stdout/stderr=the capture pipes, channel on fd 3, all else closed."""
+def close_fds_except(report: Report, keep) -> None:
+    """stdin/stdout/stderr → /dev/null; every other fd closed except ``keep``."""
     try:
-        # zygote's own 0-2 are open, so the received fds are all >= 3
-        os.dup2(out, 1)
-        os.dup2(err, 2)
-        if channel != CHANNEL_FD:
-            os.dup2(channel, CHANNEL_FD, inheritable=False)
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
-        os.closerange(CHANNEL_FD + 1, _max_fd())  # also closes devnull and the originals
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            if fd not in keep and fd != devnull:
+                os.dup2(devnull, fd)
+        low = 3
+        for fd in sorted(k for k in keep if k >= 3) + [_max_fd()]:
+            if fd > low:
+                os.closerange(low, fd)
+            low = fd + 1
+        if devnull >= 3 and devnull not in keep:
+            try:
+                os.close(devnull)
+            except OSError:
+                pass
     except OSError as exc:
         raise IsolationError("fds", str(exc)) from None
     report.ok("fds")
-    return CHANNEL_FD
+
+
+def install_stdio(channel: int, out: int, err: int) -> None:
+    """Capture pipes on 1 and 2, the channel on fd 3, everything else closed."""
+    # fds 0-2 are open (/dev/null), so the ones we got are all >= 3
+    os.dup2(out, 1)
+    os.dup2(err, 2)
+    if channel != CHANNEL_FD:
+        os.dup2(channel, CHANNEL_FD, inheritable=False)
+    os.closerange(CHANNEL_FD + 1, _max_fd())
 
 
 def _max_fd() -> int:

@@ -51,6 +51,7 @@ DEFAULT_PRELOAD = ("mistral_sandbox.runner.child", "mistral_sandbox.actions.std"
                    "importlib.metadata", "traceback")
 DEFAULT_UID_START = 1_500_000_000
 DEFAULT_UID_COUNT = 65536
+DEFAULT_WARM = 4
 TAIL_BYTES = 64 * 1024
 READ_CHUNK = 256 * 1024
 ZYGOTE_START_TIMEOUT = 60.0
@@ -153,6 +154,9 @@ class Sandbox:
     (:data:`~mistral_sandbox.runner.isolation.DEFAULT_POLICY`), e.g.
     ``{"net_ns": "required"}``; a malformed policy raises ``PolicyError``.
     ``seccomp_library`` names the libseccomp to load (default: the system's).
+    ``warm`` is how many children the zygote keeps forked and isolated ahead
+    of time (each still serves exactly one execution; default
+    ``min(max_workers, 4)``; 0 forks every child on request).
     """
 
     def __init__(self, max_workers: int = 4, ceiling: Optional[Limits] = None,
@@ -161,10 +165,14 @@ class Sandbox:
                  uid_count: int = DEFAULT_UID_COUNT, uid_lock_dir: Optional[str] = None,
                  max_frame: int = protocol.DEFAULT_MAX_FRAME, python: str = sys.executable,
                  extra_path=(), isolation: Optional[Mapping[str, str]] = None,
-                 seccomp_library: Optional[str] = None):
+                 seccomp_library: Optional[str] = None, warm: Optional[int] = None):
         if max_workers < 1:
             raise ValueError("max_workers must be >= 1, got %r" % (max_workers,))
         policy = isolation_mod.make_policy(isolation)  # validate before allocating anything
+        if warm is None:
+            warm = min(max_workers, DEFAULT_WARM)
+        if warm < 0:
+            raise ValueError("warm must be >= 0, got %r" % (warm,))
         self.max_workers = max_workers
         self.ceiling = ceiling if ceiling is not None else DEFAULT_CEILING
         self.catalog = catalog or catalog_mod.default_catalog()
@@ -181,6 +189,7 @@ class Sandbox:
         self._zygote: Optional[subprocess.Popen] = None
         self._ctl: Optional[socket.socket] = None
         self.zygote_info: Dict[str, Any] = {}
+        self._warm_pids: frozenset = frozenset()
         self._own_scratch = scratch_root is None
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -198,7 +207,8 @@ class Sandbox:
                 "uid_start": uid_start,
                 "uid_count": uid_count,
                 "uid_lock_dir": uid_lock_dir or _default_uid_lock_dir(),
-                "pool": max_workers + 1,
+                "pool": max_workers + warm + 1,
+            "warm": warm,
                 "extra_path": [os.path.abspath(p) for p in extra_path],
                 "policy": policy,
                 "seccomp_library": seccomp_library,
@@ -272,6 +282,11 @@ class Sandbox:
         self._wake()
         return future
 
+    def warm_pids(self) -> frozenset:
+        """Pids of the children waiting, isolated, for an execution (idle; owned by the
+        zygote; exactly one execution each)."""
+        return self._warm_pids
+
     def run(self, ref: str, params: Optional[Mapping[str, Any]] = None, context: Any = None,
             limits: Union[Limits, Mapping[str, Any], None] = None, mode: str = "run") -> Outcome:
         """``submit(...).result()``."""
@@ -343,6 +358,7 @@ class Sandbox:
             raise SandboxError("the zygote failed to start (exit status %s): %s"
                                % (proc.returncode, tail or "no error output"))
         hello = msgpack.unpackb(data, raw=False)
+        self._warm_pids = frozenset(hello.get("warm_pids", ()))
         parent.setblocking(False)
         self._zygote, self._ctl, self.zygote_info = proc, parent, hello
         self._sel.register(parent, selectors.EVENT_READ, self._on_ctl)
@@ -474,7 +490,8 @@ class Sandbox:
                 ex, "sandbox_error", "cannot create the child's channel: %s" % exc))
             return
         try:
-            socket.send_fds(self._ctl, [msgpack.packb({"op": "fork", "id": ex.id})],
+            socket.send_fds(self._ctl, [msgpack.packb({"op": "fork", "id": ex.id,
+                                                       "network": bool(ex.limits.network)})],
                             [child.fileno(), out_w, err_w])
         except OSError as exc:
             for fd in (out_r, out_w, err_r, err_w):
@@ -663,6 +680,10 @@ class Sandbox:
                 return
             msg = msgpack.unpackb(data, raw=False)
             op = msg.get("op")
+            if op == "warm" or "warm_pids" in msg:
+                self._warm_pids = frozenset(msg.get("pids", msg.get("warm_pids", ())))
+                if op == "warm":
+                    continue
             ex = self._running.get(msg.get("id"))
             if ex is None:
                 continue

@@ -29,6 +29,7 @@ on the control socket kills every child and ends the zygote.
 
 from __future__ import annotations
 
+import collections
 import errno
 import fcntl
 import gc
@@ -51,6 +52,19 @@ from mistral_sandbox.runner import isolation, seccomp
 MAX_PACKET = 1 << 16
 DRAIN_TIMEOUT = 5.0     # seconds to wait for swept processes to die
 DRAIN_POLL_MS = 20
+WARM_MAX_FAILURES = 20  # warm children that died unassigned before the pool gives up
+
+
+class _Warm:
+    """A pre-forked, already isolated child waiting on ``pool`` for its one assignment."""
+
+    __slots__ = ("pid", "pool", "uid", "scratch")
+
+    def __init__(self, pid: int, pool: socket.socket, uid: Optional[int], scratch: str):
+        self.pid = pid
+        self.pool = pool
+        self.uid = uid
+        self.scratch = scratch
 
 
 class _Execution:
@@ -173,6 +187,13 @@ class Zygote:
         self.by_id: Dict[int, _Execution] = {}
         self.by_pid: Dict[int, _Execution] = {}
         self.draining: List = []
+        self.warm_target = int(cfg.get("warm", 0))
+        self.warm: "collections.deque[_Warm]" = collections.deque()
+        self.warm_pids: set = set()
+        self.warm_by_pid: Dict[int, _Warm] = {}
+        self.orphaned_warm: Dict[int, _Warm] = {}
+        self.warm_seq = 0
+        self.warm_failures = 0
         self.children_path = "/proc/%d/task/%d/children" % (self.pid, self.pid)
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.wake_r, self.wake_w = r, w
@@ -201,8 +222,10 @@ class Zygote:
         unreadable = unreadable_paths(sys.path) if self.root else []
         child_mod.UNREADABLE_PATHS[:] = unreadable
         gc.freeze()  # keep preloaded objects out of the children's GC: fewer COW faults
+        self._spawn_warm()
         self.send({"op": "hello", "pid": self.pid, "root": self.root,
                    "uids": list(self.free_uids), "unreadable_paths": unreadable,
+                   "warm_pids": sorted(self.warm_pids),
                    "seccomp": isolation.SECCOMP_UNAVAILABLE[0] or "ok",
                    "policy": dict(child_mod.POLICY)})
 
@@ -246,7 +269,7 @@ class Zygote:
         msg = msgpack.unpackb(data, raw=False)
         op = msg.get("op")
         if op == "fork":
-            self.fork(int(msg["id"]), fds)
+            self.fork(int(msg["id"]), fds, bool(msg.get("network")))
         elif op == "kill":
             for fd in fds:
                 os.close(fd)
@@ -256,46 +279,117 @@ class Zygote:
                 os.close(fd)
         return True
 
-    def fork(self, exec_id: int, fds: List[int]) -> None:
+    def _take_uid(self) -> Optional[int]:
+        """A free sandbox uid (None when not root); raises IndexError when none is left."""
+        return self.free_uids.pop() if self.root else None
+
+    def _fork_child(self, run) -> int:
+        """fork(); in the child reset our signal plumbing and call ``run()`` (never returns)."""
+        pid = os.fork()
+        if pid == 0:
+            try:
+                signal.set_wakeup_fd(-1)
+                for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
+                    signal.signal(sig, signal.SIG_DFL)
+                run()
+            finally:
+                os._exit(126)
+        return pid
+
+    def fork(self, exec_id: int, fds: List[int], network: bool) -> None:
+        """Start execution ``exec_id``: hand it to a warm child, or fork a cold one."""
         if len(fds) != 3:
             for fd in fds:
                 os.close(fd)
             self.send({"op": "fork_failed", "id": exec_id, "error": "expected 3 fds"})
             return
-        uid = None
-        if self.root:
-            if not self.free_uids:
-                for fd in fds:
-                    os.close(fd)
-                self.send({"op": "fork_failed", "id": exec_id, "error": "no free sandbox uid"})
-                return
-            uid = self.free_uids.pop()
-        scratch = os.path.join(self.scratch_root, "x%d" % exec_id)
         try:
-            pid = os.fork()
+            if not network and self._assign_warm(exec_id, fds):
+                return
+            self._fork_cold(exec_id, fds, network)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        # the pool is refilled when executions end (see _finish_drained), off this path
+
+    def _assign_warm(self, exec_id: int, fds: List[int]) -> bool:
+        while self.warm:
+            w = self.warm.popleft()
+            self.warm_pids.discard(w.pid)
+            try:
+                socket.send_fds(w.pool, [msgpack.packb({"id": exec_id})], fds)
+            except OSError:  # it died before its turn: reap() cleans it up
+                w.pool.close()
+                self.orphaned_warm[w.pid] = w
+                continue
+            w.pool.close()
+            ex = _Execution(exec_id, w.pid, w.uid, w.scratch)
+            self.by_id[exec_id] = ex
+            self.by_pid[w.pid] = ex
+            self.send({"op": "forked", "id": exec_id, "pid": w.pid, "scratch": w.scratch,
+                       "warm": True, "warm_pids": sorted(self.warm_pids)})
+            return True
+        return False
+
+    def _fork_cold(self, exec_id: int, fds: List[int], network: bool) -> None:
+        try:
+            uid = self._take_uid()
+        except IndexError:
+            self.send({"op": "fork_failed", "id": exec_id, "error": "no free sandbox uid"})
+            return
+        scratch = os.path.join(self.scratch_root, "x%d" % exec_id)
+
+        def run():
+            child_mod.main(fds[0], fds[1], fds[2], exec_id=exec_id, uid=uid, scratch=scratch,
+                           zygote_pid=self.pid, max_frame=self.max_frame, network=network)
+        try:
+            pid = self._fork_child(run)
         except OSError as exc:
             if uid is not None:
                 self.free_uids.append(uid)
-            for fd in fds:
-                os.close(fd)
             self.send({"op": "fork_failed", "id": exec_id, "error": "fork: %s" % exc})
             return
-        if pid == 0:
-            try:
-                signal.set_wakeup_fd(-1)
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                child_mod.main(fds[0], fds[1], fds[2], exec_id=exec_id, uid=uid,
-                               scratch=scratch, zygote_pid=self.pid, max_frame=self.max_frame)
-            finally:
-                os._exit(126)
-        for fd in fds:
-            os.close(fd)
         ex = _Execution(exec_id, pid, uid, scratch)
         self.by_id[exec_id] = ex
         self.by_pid[pid] = ex
-        self.send({"op": "forked", "id": exec_id, "pid": pid, "scratch": scratch})
+        self.send({"op": "forked", "id": exec_id, "pid": pid, "scratch": scratch,
+                   "warm": False})
+
+    def _refill(self) -> None:
+        """Keep ``warm_target`` children isolated and waiting (stops if they keep dying);
+        tells the supervisor which pids are idle warm children."""
+        before = len(self.warm)
+        self._spawn_warm()
+        if len(self.warm) != before:
+            self.send({"op": "warm", "pids": sorted(self.warm_pids)})
+
+    def _spawn_warm(self) -> None:
+        while len(self.warm) < self.warm_target and self.warm_failures < WARM_MAX_FAILURES:
+            try:
+                uid = self._take_uid()
+            except IndexError:
+                return
+            self.warm_seq += 1
+            scratch = os.path.join(self.scratch_root, "w%d" % self.warm_seq)
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+            def run():
+                ours.close()
+                child_mod.main_warm(theirs.fileno(), uid=uid, scratch=scratch,
+                                    zygote_pid=self.pid, max_frame=self.max_frame)
+            try:
+                pid = self._fork_child(run)
+            except OSError:
+                ours.close()
+                theirs.close()
+                if uid is not None:
+                    self.free_uids.append(uid)
+                return
+            theirs.close()
+            w = _Warm(pid, ours, uid, scratch)
+            self.warm.append(w)
+            self.warm_pids.add(pid)
+            self.warm_by_pid[pid] = w
 
     def _killpg(self, ex: _Execution) -> None:
         try:
@@ -317,7 +411,7 @@ class Zygote:
             return True  # cannot tell: assume the worst
         for raw in pids:
             pid = int(raw)
-            if pid == ex.pid or pid in self.by_pid:
+            if pid == ex.pid or pid in self.by_pid or pid in self.warm_pids:
                 continue
             if _is_zombie(pid):
                 continue  # dead, waiting to be reaped by us
@@ -355,6 +449,9 @@ class Zygote:
             if info is None:
                 return
             pid = info.si_pid
+            if pid in self.warm_by_pid and pid not in self.by_pid:
+                self._warm_died(pid)
+                continue
             ex = self.by_pid.pop(pid, None)
             swept = False
             if ex is not None:
@@ -367,10 +464,35 @@ class Zygote:
             if ex is None:
                 continue  # an orphan of some execution, reparented to us
             del self.by_id[ex.id]
+            self.warm_by_pid.pop(pid, None)
             report = {"op": "exit", "id": ex.id, "pid": pid, "status": status,
                       "utime": ru.ru_utime, "stime": ru.ru_stime,
                       "maxrss": ru.ru_maxrss * 1024, "swept": swept}
             self.draining.append((ex, report, time.monotonic() + DRAIN_TIMEOUT))
+
+    def _warm_died(self, pid: int) -> None:
+        """A warm child died before (or while) being assigned: clean up, remember it."""
+        w = self.warm_by_pid.pop(pid)
+        self.orphaned_warm.pop(pid, None)
+        if pid in self.warm_pids:
+            self.warm_pids.discard(pid)
+            self.warm = collections.deque(x for x in self.warm if x.pid != pid)
+            w.pool.close()
+        self.warm_failures += 1
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            os.wait4(pid, 0)
+        except ChildProcessError:
+            pass
+        remove_tree(w.scratch)
+        if w.uid is not None:
+            if self._survivors(_Execution(-1, pid, w.uid, w.scratch)):
+                sweep_uid(w.uid)
+            self.free_uids.append(w.uid)
+        self._refill()
 
     def _finish_drained(self) -> None:
         """Report executions whose killed survivors have all been reaped.
@@ -392,8 +514,17 @@ class Zygote:
                 self.free_uids.append(ex.uid)
             self.send(report)
         self.draining = still
+        self._refill()  # after the reports: preparing a replacement is off their path
 
     def _terminate(self) -> None:
+        for w in list(self.warm_by_pid.values()):
+            try:
+                os.killpg(w.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            if w.uid is not None:
+                sweep_uid(w.uid)
+            remove_tree(w.scratch)
         for ex in list(self.by_id.values()):
             self._contain(ex)
         for uid in self.free_uids + [ex.uid for ex, _, _ in self.draining]:
