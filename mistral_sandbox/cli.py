@@ -106,6 +106,10 @@ def _print_outcome_human(outcome) -> None:
         out.write("--- traceback ---\n%s" % outcome.traceback)
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt()
+
+
 def cmd_run(args) -> int:
     from mistral_sandbox.runner.supervisor import Sandbox, SandboxError
 
@@ -117,13 +121,13 @@ def cmd_run(args) -> int:
             context = json.loads(args.context_json)
         except ValueError as exc:
             raise UsageError("--context-json: invalid JSON: %s" % exc) from None
+    # SIGTERM behaves like Ctrl-C: kill the child, clean up, exit (130).
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        sandbox = Sandbox(max_workers=1)
+        sandbox = Sandbox(max_workers=1, warm=0)  # one execution: nothing to prepare ahead
     except SandboxError as exc:
         sys.stderr.write("mistral-sandbox: %s\n" % exc)
         return EXIT_FAILED
-    # SIGTERM behaves like Ctrl-C: kill the child, clean up, exit.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     with sandbox:
         outcome = sandbox.run(args.ref, params, context=context, limits=limits,
                               mode="test" if args.dry_run else "run")
@@ -169,7 +173,7 @@ def cmd_list(args) -> int:
 def cmd_show(args) -> int:
     from mistral_sandbox.runner.supervisor import Sandbox, SandboxError
     try:
-        sandbox = Sandbox(max_workers=1)
+        sandbox = Sandbox(max_workers=1, warm=0)
     except SandboxError as exc:
         sys.stderr.write("mistral-sandbox: %s\n" % exc)
         return EXIT_FAILED

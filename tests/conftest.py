@@ -60,25 +60,24 @@ class LeakCheck:
 
     def assert_clean(self):
         zpid = self.sandbox.zygote_info["pid"]
-        # Idle warm children are the pool, not leftovers; the zygote announces a refill
-        # just after an outcome, so wait (bounded) for the two views to agree.
+        # Idle warm children (and their empty w<n> scratch dirs) are the pool, not
+        # leftovers. The zygote announces a refill just after an outcome, so wait
+        # (bounded) until its announcement and the process table agree.
         deadline = time.monotonic() + 5
         while True:
             warm = self.sandbox.warm_pids()
             extra = [p.pid for p in descendants(zpid) if p.pid not in warm]
             uid_procs = [pid for pid in sandbox_uid_processes() if pid not in warm]
-            if not extra and not uid_procs or time.monotonic() > deadline:
+            dirs = sorted(set(os.listdir(self.sandbox.scratch_root)) - {"zygote.stderr"})
+            stray_dirs = [d for d in dirs if not d.startswith("w")]
+            settled = len(dirs) <= len(warm)
+            if not (extra or uid_procs or stray_dirs) and settled \
+                    or time.monotonic() > deadline:
                 break
             time.sleep(0.01)
         assert extra == [], "children of the zygote survived"
         assert uid_procs == [], "processes still run as a sandbox uid"
-        # warm children's scratch dirs are named w<n>; executions' are x<id> or become
-        # an assigned warm child's w<n>, removed at exit: count against the pool size
-        left = sorted(set(os.listdir(self.sandbox.scratch_root)) - {"zygote.stderr"})
-        assert [d for d in left if not d.startswith("w")] == [], \
-            "scratch directories left behind: %s" % left
-        assert len(left) <= len(self.sandbox.warm_pids()), \
-            "scratch directories left behind: %s" % left
+        assert stray_dirs == [] and settled, "scratch directories left behind: %s" % dirs
         assert open_fds() == self.fds, "the parent leaked file descriptors"
 
 

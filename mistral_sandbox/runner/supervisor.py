@@ -208,7 +208,7 @@ class Sandbox:
                 "uid_count": uid_count,
                 "uid_lock_dir": uid_lock_dir or _default_uid_lock_dir(),
                 "pool": max_workers + warm + 1,
-            "warm": warm,
+                "warm": warm,
                 "extra_path": [os.path.abspath(p) for p in extra_path],
                 "policy": policy,
                 "seccomp_library": seccomp_library,
