@@ -219,6 +219,21 @@ def cmd_check(args) -> int:
     return EXIT_OK if not result.get("error") else EXIT_FAILED
 
 
+def cmd_bench(args) -> int:
+    from mistral_sandbox import bench
+    report = bench.run(quick=args.quick, soak=args.soak,
+                       progress=bench.Progress("always" if args.progress else True))
+    paths = bench.save(report, args.out) if args.out else []
+    if args.json:
+        json.dump(report, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(bench.format_table(report) + "\n")
+        for p in paths:
+            sys.stdout.write("wrote %s\n" % p)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mistral-sandbox",
                                 description="Run Mistral Python actions in a sandbox.")
@@ -248,6 +263,17 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("ref")
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=cmd_show)
+    bn = sub.add_parser("bench", help="benchmark the sandbox against real baselines")
+    bn.add_argument("--quick", action="store_true", help="fewer samples (about a minute)")
+    bn.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    bn.add_argument("--soak", type=int, default=0, metavar="N",
+                    help="also run N executions and report RSS/fd growth")
+    bn.add_argument("--out", default="benchmarks/results", metavar="DIR",
+                    help="where to write the JSON report and PNG charts ('' to skip)")
+    bn.add_argument("--progress", action="store_true",
+                    help="show progress even when stderr is not a terminal")
+    bn.set_defaults(func=cmd_bench)
+
     chk = sub.add_parser("check", help="show what isolation this host enforces")
     chk.add_argument("--json", action="store_true")
     chk.add_argument("--policy", action="append", metavar="STEP=LEVEL",

@@ -1,0 +1,374 @@
+"""``mistral-sandbox bench``: the sandbox against real baselines, in one process and one run.
+
+Scenarios (each: p50/p95/p99 latency in ms, and throughput where it applies):
+
+* ``fork-floor``   bare ``os.fork()`` + ``os._exit(0)`` + ``waitpid`` from a small,
+                   freshly started interpreter (nothing imported);
+* ``in-process``   the action's ``run()`` called directly (no isolation at all);
+* ``fresh-interpreter``  ``python -I -c ...`` per action: imports the API, loads the
+                   action, reads msgpack params on stdin, prints the result (StackStorm's
+                   model);
+* ``sandbox``      ``Sandbox.run`` with the configured (default: full) isolation.
+
+Plus throughput with 1/2/4/8 concurrent submitters, RSS of supervisor + zygote (idle,
+under load) and per child, the scaling curves (concurrency up to 64, payload 1 KB to
+10 MB) and, with ``--soak N``, RSS/fd growth over N executions.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import msgpack
+import psutil
+
+FORK_FLOOR_CODE = r"""
+import os, sys, time, json
+n = int(sys.argv[1]); out = []
+for _ in range(n):
+    t = time.perf_counter(); pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0); out.append(time.perf_counter() - t)
+print(json.dumps(out))
+"""
+
+FRESH_CODE = r"""
+import sys, importlib, msgpack
+from mistral_sandbox.api import ActionContext, Result
+target, = sys.argv[1:]
+mod, _, cls = target.partition(":")
+action_cls = getattr(importlib.import_module(mod), cls)
+params = msgpack.unpackb(sys.stdin.buffer.read(), raw=False)
+value = action_cls(**params).run(ActionContext())
+if isinstance(value, Result):
+    value = value.to_dict()
+sys.stdout.buffer.write(msgpack.packb(value, use_bin_type=True))
+"""
+
+ECHO = "mistral_sandbox.actions.std:EchoAction"
+NOOP = "mistral_sandbox.actions.std:NoOpAction"
+
+
+class Progress:
+    """One updating line on stderr (a person watching long work)."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled and sys.stderr.isatty() or enabled == "always"
+
+    def show(self, label: str, done: int, total: int) -> None:
+        if self.enabled and (done == total or done % max(1, total // 20) == 0):
+            sys.stderr.write("\r\033[K%-40s %5d/%d" % (label, done, total))
+            sys.stderr.flush()
+
+    def end(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
+def stats(samples: List[float]) -> Dict[str, float]:
+    s = sorted(samples)
+    n = len(s)
+
+    def q(p):
+        return s[min(n - 1, int(p * n))] * 1e3
+
+    return {"n": n, "p50_ms": q(0.50), "p95_ms": q(0.95), "p99_ms": q(0.99),
+            "mean_ms": statistics.mean(s) * 1e3, "min_ms": s[0] * 1e3}
+
+
+def timed(fn: Callable[[], Any], n: int, label: str, progress: Progress) -> List[float]:
+    out = []
+    for i in range(n):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+        progress.show(label, i + 1, n)
+    return out
+
+
+def fork_floor(n: int) -> List[float]:
+    p = subprocess.run([sys.executable, "-I", "-c", FORK_FLOOR_CODE, str(n)],
+                       capture_output=True, text=True, check=True)
+    return json.loads(p.stdout)
+
+
+def fresh_interpreter(target: str, params: dict) -> Any:
+    p = subprocess.run([sys.executable, "-I", "-c", FRESH_CODE, target],
+                       input=msgpack.packb(params, use_bin_type=True), capture_output=True,
+                       check=True)
+    return msgpack.unpackb(p.stdout, raw=False)
+
+
+def process_tree_rss(pid: int) -> int:
+    proc = psutil.Process(pid)
+    return proc.memory_info().rss
+
+
+def machine_facts() -> Dict[str, Any]:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cpus": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
+            "python": platform.python_version(), "root": os.geteuid() == 0,
+            "memory_gb": round(psutil.virtual_memory().total / 2 ** 30, 1),
+            "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def throughput(sandbox, submitters: int, per_submitter: int, params: dict,
+               ref: str = "std.echo") -> Dict[str, Any]:
+    lat: List[float] = []
+    lock = threading.Lock()
+    errors = []
+
+    def work():
+        mine = []
+        for _ in range(per_submitter):
+            t = time.perf_counter()
+            out = sandbox.run(ref, params)
+            mine.append(time.perf_counter() - t)
+            if not out.ok:
+                errors.append(out.exit_reason)
+        with lock:
+            lat.extend(mine)
+
+    threads = [threading.Thread(target=work) for _ in range(submitters)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    result = stats(lat)
+    result.update(submitters=submitters, per_second=len(lat) / wall, errors=len(errors))
+    return result
+
+
+def run(quick: bool = False, soak: int = 0, isolation: Optional[dict] = None,
+        progress: Optional[Progress] = None) -> Dict[str, Any]:
+    """All scenarios; returns the plain-data report."""
+    from mistral_sandbox.actions.std import EchoAction, NoOpAction
+    from mistral_sandbox.api import ActionContext
+    from mistral_sandbox.runner.supervisor import Sandbox
+
+    progress = progress or Progress()
+    n = 100 if quick else 300
+    kb, mb = "x" * 1024, "x" * (1024 * 1024)
+    report: Dict[str, Any] = {"machine": machine_facts(), "quick": quick, "n": n,
+                              "latency": {}, "throughput": [], "memory": {}, "scaling": {}}
+    lat = report["latency"]
+
+    lat["fork-floor"] = stats(fork_floor(n))
+    ctx = ActionContext()
+    lat["in-process noop"] = stats(timed(lambda: NoOpAction().run(ctx), n * 10,
+                                         "in-process noop", progress))
+    lat["in-process echo 1KB"] = stats(timed(lambda: EchoAction(kb).run(ctx), n * 10,
+                                             "in-process echo 1KB", progress))
+    fresh_n = max(20, n // 5)
+    lat["fresh-interpreter noop"] = stats(timed(lambda: fresh_interpreter(NOOP, {}), fresh_n,
+                                                "fresh-interpreter noop", progress))
+    lat["fresh-interpreter echo 1KB"] = stats(timed(
+        lambda: fresh_interpreter(ECHO, {"output": kb}), fresh_n, "fresh-interpreter 1KB",
+        progress))
+
+    with Sandbox(max_workers=8, isolation=isolation) as sb:
+        me = psutil.Process()
+        time.sleep(0.5)  # let the warm pool fill before measuring idle memory
+        zygote = sb.zygote_info["pid"]
+        report["memory"]["idle_supervisor_rss"] = me.memory_info().rss
+        report["memory"]["idle_zygote_rss"] = process_tree_rss(zygote)
+        for _ in range(20):
+            sb.run("std.noop")
+
+        def check(out):
+            if not out.ok:
+                raise RuntimeError("benchmark execution failed: %s: %s"
+                                   % (out.exit_reason, out.message))
+            return out
+
+        lat["sandbox noop"] = stats(timed(lambda: check(sb.run("std.noop")), n,
+                                          "sandbox noop", progress))
+        lat["sandbox echo 1KB"] = stats(timed(lambda: check(sb.run("std.echo", {"output": kb})),
+                                              n, "sandbox echo 1KB", progress))
+        lat["sandbox echo 1MB"] = stats(timed(lambda: check(sb.run("std.echo", {"output": mb})),
+                                              max(20, n // 3), "sandbox echo 1MB", progress))
+        child_rss = [sb.run("std.noop").usage.max_rss for _ in range(20)]
+        report["memory"]["child_max_rss_p50"] = sorted(child_rss)[10]
+
+        peak = {"rss": 0}
+        stop = threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                try:
+                    total = me.memory_info().rss + process_tree_rss(zygote)
+                except psutil.Error:
+                    total = 0
+                peak["rss"] = max(peak["rss"], total)
+                stop.wait(0.05)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        per = 50 if quick else 200
+        for k in (1, 2, 4, 8):
+            progress.show("throughput, %d submitters" % k, 0, 1)
+            report["throughput"].append(throughput(sb, k, max(10, per // k), {"output": kb}))
+        stop.set()
+        sampler.join()
+        report["memory"]["load_supervisor_plus_zygote_peak_rss"] = peak["rss"]
+
+        if soak:
+            before = me.memory_info().rss + process_tree_rss(zygote)
+            fds_before = len(os.listdir("/proc/self/fd"))
+            throughput(sb, 4, soak // 4, {"output": kb})
+            after = me.memory_info().rss + process_tree_rss(zygote)
+            report["memory"]["soak"] = {
+                "executions": soak // 4 * 4, "rss_before": before, "rss_after": after,
+                "growth_pct": 100.0 * (after - before) / before,
+                "fds_before": fds_before, "fds_after": len(os.listdir("/proc/self/fd"))}
+
+    conc = [1, 2, 4, 8, 16, 32, 64] if not quick else [1, 4, 16, 64]
+    report["scaling"]["concurrency"] = []
+    for c in conc:
+        with Sandbox(max_workers=c, isolation=isolation) as sb:
+            per = max(4, (40 if quick else 120) // c)
+            r = throughput(sb, c, per, {"output": kb})
+            r["concurrency"] = c
+            report["scaling"]["concurrency"].append(r)
+            progress.show("scaling: concurrency %d" % c, 1, 1)
+    report["scaling"]["payload"] = []
+    with Sandbox(max_workers=2, isolation=isolation) as sb:
+        for size in (1024, 10 * 1024, 100 * 1024, 1024 ** 2, 10 * 1024 ** 2):
+            payload = {"output": "x" * size}
+            reps = 10 if size >= 1024 ** 2 else 40
+            if quick:
+                reps = max(5, reps // 3)
+            samples = timed(lambda: check(sb.run("std.echo", payload)), reps,
+                            "scaling: payload %d B" % size, progress)
+            r = stats(samples)
+            r["bytes"] = size
+            report["scaling"]["payload"].append(r)
+    progress.end()
+
+    floor = lat["fork-floor"]["p50_ms"]
+    sandbox = lat["sandbox noop"]["p50_ms"]
+    report["ratios"] = {
+        "sandbox_noop_over_fork_floor_p50": sandbox / floor,
+        "fresh_interpreter_over_sandbox_p50": lat["fresh-interpreter noop"]["p50_ms"] / sandbox,
+        "sandbox_over_in_process_p50": sandbox / lat["in-process noop"]["p50_ms"],
+    }
+    return report
+
+
+def format_table(report: Dict[str, Any]) -> str:
+    lines = ["%-28s %9s %9s %9s %9s" % ("latency", "p50 ms", "p95 ms", "p99 ms", "n")]
+    for name, s in report["latency"].items():
+        lines.append("%-28s %9.3f %9.3f %9.3f %9d" % (name, s["p50_ms"], s["p95_ms"],
+                                                       s["p99_ms"], s["n"]))
+    lines.append("")
+    lines.append("%-28s %9s %9s %9s" % ("throughput (echo 1KB)", "per s", "p50 ms", "p99 ms"))
+    for t in report["throughput"]:
+        lines.append("%-28s %9.0f %9.3f %9.3f" % ("%d submitters" % t["submitters"],
+                                                   t["per_second"], t["p50_ms"], t["p99_ms"]))
+    lines.append("")
+    r = report["ratios"]
+    lines.append("ratios (p50): sandbox/fork-floor %.1fx   fresh-interpreter/sandbox %.1fx   "
+                 "sandbox/in-process %.0fx" % (r["sandbox_noop_over_fork_floor_p50"],
+                                               r["fresh_interpreter_over_sandbox_p50"],
+                                               r["sandbox_over_in_process_p50"]))
+    m = report["memory"]
+    lines.append("memory: idle supervisor %.1f MiB + zygote %.1f MiB; peak under load %.1f MiB;"
+                 " child max RSS p50 %.1f MiB" % (
+                     m["idle_supervisor_rss"] / 2 ** 20, m["idle_zygote_rss"] / 2 ** 20,
+                     m["load_supervisor_plus_zygote_peak_rss"] / 2 ** 20,
+                     m["child_max_rss_p50"] / 2 ** 20))
+    if "soak" in m:
+        s = m["soak"]
+        lines.append("soak: %d executions, supervisor+zygote RSS %.1f -> %.1f MiB (%+.1f%%), "
+                     "fds %d -> %d" % (s["executions"], s["rss_before"] / 2 ** 20,
+                                       s["rss_after"] / 2 ** 20, s["growth_pct"],
+                                       s["fds_before"], s["fds_after"]))
+    lines.append("scaling, concurrency: " + "  ".join(
+        "%d: %.0f/s p50 %.1fms" % (c["concurrency"], c["per_second"], c["p50_ms"])
+        for c in report["scaling"]["concurrency"]))
+    lines.append("scaling, payload: " + "  ".join(
+        "%s: p50 %.1fms" % (_size(p["bytes"]), p["p50_ms"]) for p in report["scaling"]["payload"]))
+    return "\n".join(lines)
+
+
+def _size(n: int) -> str:
+    for unit, mult in (("MB", 1024 ** 2), ("KB", 1024)):
+        if n >= mult:
+            return "%d%s" % (n // mult, unit)
+    return "%dB" % n
+
+
+def save(report: Dict[str, Any], directory: str) -> List[str]:
+    """Write the JSON (and PNG charts when matplotlib is installed); returns the paths."""
+    os.makedirs(directory, exist_ok=True)
+    stamp = report["machine"]["when"].replace(":", "").replace("+0000", "Z")
+    path = os.path.join(directory, "bench-%s.json" % stamp)
+    with open(path, "w") as f:
+        json.dump(report, f, indent=1)
+    paths = [path]
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return paths
+    lat = report["latency"]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    names = list(lat)
+    ax.barh(names, [lat[k]["p50_ms"] for k in names], label="p50")
+    ax.barh(names, [lat[k]["p99_ms"] - lat[k]["p50_ms"] for k in names],
+            left=[lat[k]["p50_ms"] for k in names], alpha=0.4, label="p50→p99")
+    ax.set_xscale("log")
+    ax.set_xlabel("latency per action (ms, log scale)")
+    ax.set_title("mistral-sandbox vs baselines (%s, %d CPUs)" % (
+        report["machine"]["kernel"], report["machine"]["cpus"]))
+    ax.legend()
+    fig.tight_layout()
+    p1 = os.path.join(directory, "bench-%s-latency.png" % stamp)
+    fig.savefig(p1, dpi=110)
+    plt.close(fig)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    conc = report["scaling"]["concurrency"]
+    a1.plot([c["concurrency"] for c in conc], [c["per_second"] for c in conc], "o-",
+            label="actions/s")
+    a1.set_xscale("log", base=2)
+    a1.set_xlabel("concurrent executions")
+    a1.set_ylabel("actions/s")
+    a1b = a1.twinx()
+    a1b.plot([c["concurrency"] for c in conc], [c["p50_ms"] for c in conc], "s--", color="C1",
+             label="p50 ms")
+    a1b.set_ylabel("p50 latency (ms)")
+    a1.set_title("throughput and latency vs concurrency")
+    pay = report["scaling"]["payload"]
+    a2.plot([p["bytes"] for p in pay], [p["p50_ms"] for p in pay], "o-")
+    a2.set_xscale("log")
+    a2.set_yscale("log")
+    a2.set_xlabel("std.echo payload (bytes)")
+    a2.set_ylabel("p50 latency (ms)")
+    a2.set_title("latency vs payload")
+    fig.tight_layout()
+    p2 = os.path.join(directory, "bench-%s-scaling.png" % stamp)
+    fig.savefig(p2, dpi=110)
+    plt.close(fig)
+    return paths + [p1, p2]

@@ -1,0 +1,26 @@
+"""The benchmark's measuring pieces work (no timing is asserted here)."""
+
+from mistral_sandbox import bench
+from mistral_sandbox.actions.std import NoOpAction
+
+
+def test_fork_floor_measures_real_forks():
+    samples = bench.fork_floor(5)
+    assert len(samples) == 5 and all(s > 0 for s in samples)
+
+
+def test_fresh_interpreter_baseline_runs_the_action():
+    assert bench.fresh_interpreter(bench.ECHO, {"output": {"a": [1]}}) == {"a": [1]}
+    assert bench.fresh_interpreter(bench.NOOP, {}) is None
+
+
+def test_stats_and_table_shapes():
+    s = bench.stats([0.001, 0.002, 0.003, 0.004])
+    assert s["n"] == 4 and s["p50_ms"] == 3.0 and s["min_ms"] == 1.0
+    assert bench._size(1024 ** 2) == "1MB" and bench._size(10) == "10B"
+    assert NoOpAction().run(None) is None
+
+
+def test_throughput_counts_every_execution(sandbox, clean):
+    r = bench.throughput(sandbox, 2, 5, {"output": "x"})
+    assert r["n"] == 10 and r["errors"] == 0 and r["per_second"] > 0
