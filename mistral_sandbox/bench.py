@@ -279,13 +279,13 @@ def run(quick: bool = False, soak: int = 0, isolation: Optional[dict] = None,
 def format_table(report: Dict[str, Any]) -> str:
     lines = ["%-28s %9s %9s %9s %9s" % ("latency", "p50 ms", "p95 ms", "p99 ms", "n")]
     for name, s in report["latency"].items():
-        lines.append("%-28s %9.3f %9.3f %9.3f %9d" % (name, s["p50_ms"], s["p95_ms"],
-                                                       s["p99_ms"], s["n"]))
+        row = (name, s["p50_ms"], s["p95_ms"], s["p99_ms"], s["n"])
+        lines.append("%-28s %9.3f %9.3f %9.3f %9d" % row)
     lines.append("")
     lines.append("%-28s %9s %9s %9s" % ("throughput (echo 1KB)", "per s", "p50 ms", "p99 ms"))
     for t in report["throughput"]:
-        lines.append("%-28s %9.0f %9.3f %9.3f" % ("%d submitters" % t["submitters"],
-                                                   t["per_second"], t["p50_ms"], t["p99_ms"]))
+        row = ("%d submitters" % t["submitters"], t["per_second"], t["p50_ms"], t["p99_ms"])
+        lines.append("%-28s %9.0f %9.3f %9.3f" % row)
     lines.append("")
     r = report["ratios"]
     lines.append("ratios (p50): sandbox/fork-floor %.1fx   fresh-interpreter/sandbox %.1fx   "

@@ -239,8 +239,11 @@ class Sandbox:
         """
         if mode not in ("run", "test", "describe"):
             raise ValueError("mode must be run, test or describe, got %r" % (mode,))
-        request = limits if isinstance(limits, Limits) or limits is None else Limits.parse(limits)
-        effective, notes = clamp(self.ceiling, request)
+        if limits is None:
+            effective, notes = self.ceiling, []  # the common case: nothing to merge
+        else:
+            request = limits if isinstance(limits, Limits) else Limits.parse(limits)
+            effective, notes = clamp(self.ceiling, request)
         future: concurrent.futures.Future = concurrent.futures.Future()
         exec_id = next(self._ids)
         name = ref if isinstance(ref, str) else repr(ref)

@@ -222,7 +222,7 @@ class Zygote:
         unreadable = unreadable_paths(sys.path) if self.root else []
         child_mod.UNREADABLE_PATHS[:] = unreadable
         gc.freeze()  # keep preloaded objects out of the children's GC: fewer COW faults
-        self._spawn_warm()
+        self._spawn_warm(self.warm_target)
         self.send({"op": "hello", "pid": self.pid, "root": self.root,
                    "uids": list(self.free_uids), "unreadable_paths": unreadable,
                    "warm_pids": sorted(self.warm_pids),
@@ -237,12 +237,21 @@ class Zygote:
         poller.register(self.ctl.fileno(), select.POLLIN)
         poller.register(self.wake_r, select.POLLIN)
         while True:
+            # Requests and exits first; the warm pool is refilled only when idle, so a
+            # refill fork never delays a request or an exit report.
+            refill = len(self.warm) < self.warm_target and \
+                self.warm_failures < WARM_MAX_FAILURES and bool(self.free_uids or not self.root)
+            timeout = 0 if refill else (DRAIN_POLL_MS if self.draining else None)
             try:
-                events = poller.poll(DRAIN_POLL_MS if self.draining else None)
+                events = poller.poll(timeout)
             except InterruptedError:
                 continue
-            if not events and self.draining:
-                self.reap()
+            if not events:
+                if refill:
+                    self._refill(1)
+                elif self.draining:
+                    self.reap()
+                continue
             for fd, _ in events:
                 if fd == self.wake_r:
                     try:
@@ -310,7 +319,7 @@ class Zygote:
         finally:
             for fd in fds:
                 os.close(fd)
-        # the pool is refilled when executions end (see _finish_drained), off this path
+        # the pool is refilled when the zygote is idle (see serve), off this path
 
     def _assign_warm(self, exec_id: int, fds: List[int]) -> bool:
         while self.warm:
@@ -355,16 +364,17 @@ class Zygote:
         self.send({"op": "forked", "id": exec_id, "pid": pid, "scratch": scratch,
                    "warm": False})
 
-    def _refill(self) -> None:
-        """Keep ``warm_target`` children isolated and waiting (stops if they keep dying);
-        tells the supervisor which pids are idle warm children."""
+    def _refill(self, at_most: int) -> None:
+        """Add up to ``at_most`` warm children (stops if they keep dying); tells the
+        supervisor which pids are idle warm children."""
         before = len(self.warm)
-        self._spawn_warm()
+        self._spawn_warm(at_most)
         if len(self.warm) != before:
             self.send({"op": "warm", "pids": sorted(self.warm_pids)})
 
-    def _spawn_warm(self) -> None:
-        while len(self.warm) < self.warm_target and self.warm_failures < WARM_MAX_FAILURES:
+    def _spawn_warm(self, at_most: int) -> None:
+        target = min(self.warm_target, len(self.warm) + at_most)
+        while len(self.warm) < target and self.warm_failures < WARM_MAX_FAILURES:
             try:
                 uid = self._take_uid()
             except IndexError:
@@ -492,7 +502,7 @@ class Zygote:
             if self._survivors(_Execution(-1, pid, w.uid, w.scratch)):
                 sweep_uid(w.uid)
             self.free_uids.append(w.uid)
-        self._refill()
+        self.send({"op": "warm", "pids": sorted(self.warm_pids)})
 
     def _finish_drained(self) -> None:
         """Report executions whose killed survivors have all been reaped.
@@ -514,7 +524,6 @@ class Zygote:
                 self.free_uids.append(ex.uid)
             self.send(report)
         self.draining = still
-        self._refill()  # after the reports: preparing a replacement is off their path
 
     def _terminate(self) -> None:
         for w in list(self.warm_by_pid.values()):
