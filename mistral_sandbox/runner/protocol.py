@@ -253,7 +253,7 @@ def validate(msg: Any, allowed: frozenset = CHILD_TYPES) -> Dict[str, Any]:
     if not isinstance(msg, dict):
         raise ProtocolError("message is a %s, not a map" % type(msg).__name__)
     mtype = msg.get("type")
-    if mtype not in SCHEMAS:
+    if not isinstance(mtype, str) or mtype not in SCHEMAS:
         raise ProtocolError("unknown message type %r" % (mtype,))
     if mtype not in allowed:
         raise ProtocolError("message type %r is not allowed here" % mtype)

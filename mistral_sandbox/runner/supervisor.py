@@ -56,6 +56,8 @@ TAIL_BYTES = 64 * 1024
 READ_CHUNK = 256 * 1024
 ZYGOTE_START_TIMEOUT = 60.0
 ASYNC_TTL = 24 * 3600.0
+RESTART_BACKOFF = (0.0, 0.1, 0.5, 1.0, 2.0)  # seconds before zygote restart attempts
+DEFAULT_MAX_QUEUE = 10000
 
 _ERROR_KIND_REASON = {
     "load_error": "load_error",
@@ -69,6 +71,14 @@ _ERROR_KIND_REASON = {
 
 class SandboxError(RuntimeError):
     """The sandbox cannot serve requests (failed start, or already shut down)."""
+
+
+class Overloaded(SandboxError):
+    """The submission queue is full: retry later, or let another executor take it.
+
+    Raised at once rather than blocking: an RPC executor must not stall its
+    listener thread, and a rejected message can be redelivered elsewhere.
+    """
 
 
 def _default_uid_lock_dir() -> str:
@@ -156,7 +166,9 @@ class Sandbox:
     ``seccomp_library`` names the libseccomp to load (default: the system's).
     ``warm`` is how many children the zygote keeps forked and isolated ahead
     of time (each still serves exactly one execution; default
-    ``min(max_workers, 4)``; 0 forks every child on request).
+    ``min(max_workers, 4)``; 0 forks every child on request). At most
+    ``max_queue`` executions wait for a worker; beyond that :meth:`submit`
+    raises :class:`Overloaded`.
     """
 
     def __init__(self, max_workers: int = 4, ceiling: Optional[Limits] = None,
@@ -165,7 +177,8 @@ class Sandbox:
                  uid_count: int = DEFAULT_UID_COUNT, uid_lock_dir: Optional[str] = None,
                  max_frame: int = protocol.DEFAULT_MAX_FRAME, python: str = sys.executable,
                  extra_path=(), isolation: Optional[Mapping[str, str]] = None,
-                 seccomp_library: Optional[str] = None, warm: Optional[int] = None):
+                 seccomp_library: Optional[str] = None, warm: Optional[int] = None,
+                 max_queue: int = DEFAULT_MAX_QUEUE):
         if max_workers < 1:
             raise ValueError("max_workers must be >= 1, got %r" % (max_workers,))
         policy = isolation_mod.make_policy(isolation)  # validate before allocating anything
@@ -173,6 +186,12 @@ class Sandbox:
             warm = min(max_workers, DEFAULT_WARM)
         if warm < 0:
             raise ValueError("warm must be >= 0, got %r" % (warm,))
+        if max_queue < 1:
+            raise ValueError("max_queue must be >= 1, got %r" % (max_queue,))
+        self.max_queue = max_queue
+        self.restarts = 0
+        self._cancels: List[concurrent.futures.Future] = []
+        self._by_future: Dict[concurrent.futures.Future, _Execution] = {}
         self.max_workers = max_workers
         self.ceiling = ceiling if ceiling is not None else DEFAULT_CEILING
         self.catalog = catalog or catalog_mod.default_catalog()
@@ -281,9 +300,27 @@ class Sandbox:
         with self._lock:
             if self._shutdown:
                 raise SandboxError("the sandbox is shut down")
+            if len(self._queue) >= self.max_queue:
+                raise Overloaded("the sandbox queue is full (%d executions waiting, "
+                                 "max_queue=%d)" % (len(self._queue), self.max_queue))
             self._queue.append(ex)
+            self._by_future[future] = ex
         self._wake()
         return future
+
+    def cancel(self, future: "concurrent.futures.Future[Outcome]") -> bool:
+        """Cancel an execution: a queued one is removed (``future.cancelled()``); a
+        running one has its whole process tree killed and ends with ``cancelled``.
+        False if it had already finished or is not this sandbox's."""
+        if future.cancel():
+            return True
+        with self._lock:
+            ex = self._by_future.get(future)
+            if ex is None or future.done():
+                return False
+            self._cancels.append(future)
+        self._wake()
+        return True
 
     def warm_pids(self) -> frozenset:
         """Pids of the children waiting, isolated, for an execution (idle; owned by the
@@ -308,7 +345,9 @@ class Sandbox:
             self._shutdown = True
             if cancel_futures or kill_running:
                 while self._queue:
-                    self._queue.popleft().future.cancel()
+                    ex = self._queue.popleft()
+                    ex.future.cancel()
+                    self._by_future.pop(ex.future, None)
             if kill_running:
                 self._kill_all = True
         self._wake()
@@ -387,6 +426,12 @@ class Sandbox:
             self._zygote = None
 
     def _zygote_died(self, why: str) -> None:
+        """Finish every in-flight execution exactly once, then restart the zygote.
+
+        Its children die with it (parent-death signal); their scratch dirs and the
+        idle warm children's are removed here; the new zygote sweeps the uids it
+        claims, so nothing of the old generation survives.
+        """
         LOG.error("zygote died: %s", why)
         proc = self._zygote
         for ex in list(self._running.values()):
@@ -396,19 +441,31 @@ class Sandbox:
         self._stop_zygote()
         if proc is not None and proc.returncode is not None:
             LOG.error("zygote exit status %s", proc.returncode)
-        if not self._shutdown:
+        self._warm_pids = frozenset()
+        for entry in os.listdir(self.scratch_root):
+            if entry != "zygote.stderr":
+                shutil.rmtree(os.path.join(self.scratch_root, entry), ignore_errors=True)
+        if self._shutdown:
+            return
+        delay = RESTART_BACKOFF[0]
+        for attempt, delay in enumerate(RESTART_BACKOFF, 1):
             try:
                 self._start_zygote()
+                self.restarts += 1
+                LOG.warning("zygote restarted (attempt %d)", attempt)
+                return
             except SandboxError as exc:
-                LOG.error("zygote restart failed: %s", exc)
-                with self._lock:
-                    self._shutdown = True
-                    queued = list(self._queue)
-                    self._queue.clear()
-                for ex in queued:
-                    if ex.future.set_running_or_notify_cancel():
-                        ex.future.set_result(self._outcome_without_run(
-                            ex, "sandbox_error", "the sandbox is broken: %s" % exc))
+                error = exc
+                LOG.error("zygote restart %d failed: %s", attempt, exc)
+                time.sleep(delay)
+        with self._lock:
+            self._shutdown = True
+            queued = list(self._queue)
+            self._queue.clear()
+        for ex in queued:
+            if ex.future.set_running_or_notify_cancel():
+                self._resolve(ex, self._outcome_without_run(
+                    ex, "sandbox_error", "the sandbox is broken: %s" % error))
 
     # ------------------------------------------------------------ I/O loop
 
@@ -431,11 +488,16 @@ class Sandbox:
                 with self._lock:
                     kill_all = self._kill_all
                     done = self._shutdown and not self._queue and not self._running
+                    cancels, self._cancels = self._cancels, []
                 if done:
                     break
                 if kill_all:
                     for ex in self._running.values():
                         self._kill(ex, "cancelled", "the sandbox was shut down during the run")
+                for fut in cancels:
+                    ex = self._by_future.get(fut)
+                    if ex is not None and ex.id in self._running:
+                        self._kill(ex, "cancelled", "the execution was cancelled")
                 self._dispatch()
                 timeout = None
                 if self._deadlines:
@@ -455,7 +517,7 @@ class Sandbox:
                 self._queue.clear()
             for ex in queued:
                 if ex.future.set_running_or_notify_cancel():
-                    ex.future.set_result(self._outcome_without_run(
+                    self._resolve(ex, self._outcome_without_run(
                         ex, "sandbox_error", "the sandbox I/O loop crashed"))
         finally:
             self._stop_zygote()
@@ -480,16 +542,22 @@ class Sandbox:
                     return
                 ex = self._queue.popleft()
             if not ex.future.set_running_or_notify_cancel():
+                self._resolve(ex, None)  # cancelled while queued
                 continue
             self._start(ex)
 
     def _start(self, ex: _Execution) -> None:
+        opened: List[Any] = []
         try:
             parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            opened += [parent, child]
             out_r, out_w = os.pipe2(os.O_CLOEXEC)
+            opened += [out_r, out_w]
             err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        except OSError as exc:
-            ex.future.set_result(self._outcome_without_run(
+        except OSError as exc:  # e.g. EMFILE: degrade to an outcome, leak nothing
+            for item in opened:
+                item.close() if isinstance(item, socket.socket) else os.close(item)
+            self._resolve(ex, self._outcome_without_run(
                 ex, "sandbox_error", "cannot create the child's channel: %s" % exc))
             return
         try:
@@ -501,7 +569,7 @@ class Sandbox:
                 os.close(fd)
             parent.close()
             child.close()
-            ex.future.set_result(self._outcome_without_run(
+            self._resolve(ex, self._outcome_without_run(
                 ex, "sandbox_error", "cannot reach the zygote: %s" % exc))
             return
         child.close()
@@ -565,6 +633,10 @@ class Sandbox:
                     self._on_message(ex, protocol.validate(msg))
             except protocol.ProtocolError as exc:
                 self._kill(ex, "protocol_error", "the child broke the protocol: %s" % exc)
+            except Exception as exc:  # a validator gap must cost this execution, not the loop
+                LOG.exception("unexpected error handling execution %d's messages", ex.id)
+                self._kill(ex, "protocol_error", "the child sent a message the runner could "
+                           "not handle: %s: %s" % (type(exc).__name__, exc))
 
     def _close_channel(self, ex: _Execution) -> None:
         if ex.channel_closed:
@@ -715,6 +787,14 @@ class Sandbox:
         outcome = self._classify(ex, exit_msg)
         if exit_msg is None and ex.scratch:
             shutil.rmtree(ex.scratch, ignore_errors=True)
+        self._resolve(ex, outcome)
+
+    def _resolve(self, ex: _Execution, outcome: Optional[Outcome]) -> None:
+        """Forget ``ex`` and complete its future (with ``outcome``; None: it was cancelled)."""
+        with self._lock:
+            self._by_future.pop(ex.future, None)
+        if outcome is None:
+            return
         try:
             ex.future.set_result(outcome)
         except concurrent.futures.InvalidStateError:

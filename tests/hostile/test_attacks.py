@@ -271,6 +271,14 @@ def test_concurrent_attacks_do_not_disturb_honest_work(sandbox, clean):
     assert all(f.result(timeout=60).exit_reason != "sandbox_error" for f in attacks)
 
 
+@pytest.mark.parametrize("variant", ["unhashable_type", "other_id", "not_a_map"])
+def test_well_formed_nonsense_frames(sandbox, then_works, variant):
+    out = sandbox.run(H + "WritesWellFormedNonsense", {"variant": variant})
+    assert out.exit_reason == "protocol_error", out.message
+    assert out.result is None
+    assert out.usage.wall < 5
+
+
 def test_zz_leak_audit_after_the_whole_suite(sandbox):
     """Runs last in this module: nothing of any attack remains."""
     warm = sandbox.warm_pids()
