@@ -68,7 +68,7 @@ class LeakCheck:
             warm = self.sandbox.warm_pids()
             extra = [p.pid for p in descendants(zpid) if p.pid not in warm]
             uid_procs = [pid for pid in sandbox_uid_processes() if pid not in warm]
-            dirs = sorted(set(os.listdir(self.sandbox.scratch_root)) - {"zygote.stderr"})
+            dirs = sorted(os.listdir(self.sandbox.scratch_dir))
             stray_dirs = [d for d in dirs if not d.startswith("w")]
             settled = len(dirs) <= len(warm)
             if not (extra or uid_procs or stray_dirs) and settled \

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import sys
 import traceback
@@ -134,6 +135,11 @@ def prepare(report: isolation.Report, *, keep: tuple, uid: Optional[int], scratc
     policy = POLICY
     step = isolation.apply_step
     try:
+        # die with the zygote from the first instant (set again after the uid change,
+        # which clears it): a child stopped mid-preparation must not outlive it
+        isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != zygote_pid:
+            os._exit(137)
         step(report, policy, "session", isolation.new_session, report)
         step(report, {}, "fds", isolation.close_fds_except, report, keep)  # always applied
         step(report, policy, "environment", isolation.scrub_environment, report, scratch)

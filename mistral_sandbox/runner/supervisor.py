@@ -213,6 +213,8 @@ class Sandbox:
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self.scratch_root = scratch_root or ""
+        self.scratch_dir = ""  # this zygote generation's directory inside scratch_root
+        self._generation = 0
         try:
             self._wake_r.setblocking(False)
             self._wake_w.setblocking(False)
@@ -220,7 +222,6 @@ class Sandbox:
             self.scratch_root = scratch_root or tempfile.mkdtemp(prefix="mistral-sandbox-")
             os.chmod(self.scratch_root, 0o711)  # sandbox uids may enter only their own dir
             self._zygote_cfg = {
-                "scratch_root": self.scratch_root,
                 "max_frame": max_frame,
                 "preload": list(DEFAULT_PRELOAD) + list(preload),
                 "uid_start": uid_start,
@@ -322,6 +323,11 @@ class Sandbox:
         self._wake()
         return True
 
+    def running_pids(self) -> Dict[int, int]:
+        """``{execution id: pid}`` of the executions whose child is running now."""
+        return {ex_id: ex.pid for ex_id, ex in list(self._running.items())
+                if ex.pid is not None}
+
     def warm_pids(self) -> frozenset:
         """Pids of the children waiting, isolated, for an execution (idle; owned by the
         zygote; exactly one execution each)."""
@@ -364,12 +370,19 @@ class Sandbox:
     # ------------------------------------------------------------ zygote
 
     def _start_zygote(self) -> None:
+        # Each zygote generation gets its own directory: children of a dead generation
+        # can still be dying (and creating dirs) when the next one starts.
+        self._generation += 1
+        gen_dir = os.path.join(self.scratch_root, "g%d" % self._generation)
+        os.mkdir(gen_dir, 0o711)
+        os.chmod(gen_dir, 0o711)
+        self.scratch_dir = gen_dir
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        cfg = dict(self._zygote_cfg, ctl_fd=child.fileno())
+        cfg = dict(self._zygote_cfg, ctl_fd=child.fileno(), scratch_root=gen_dir)
         pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(mistral_sandbox.__file__)))
         bootstrap = ("import sys; sys.path.insert(0, %r); "
                      "from mistral_sandbox.runner.zygote import main; main()" % pkg_root)
-        err_path = os.path.join(self.scratch_root, "zygote.stderr")
+        err_path = gen_dir + ".stderr"
         with open(err_path, "wb") as err:
             try:
                 proc = subprocess.Popen(
@@ -442,9 +455,7 @@ class Sandbox:
         if proc is not None and proc.returncode is not None:
             LOG.error("zygote exit status %s", proc.returncode)
         self._warm_pids = frozenset()
-        for entry in os.listdir(self.scratch_root):
-            if entry != "zygote.stderr":
-                shutil.rmtree(os.path.join(self.scratch_root, entry), ignore_errors=True)
+        self._remove_generations()
         if self._shutdown:
             return
         delay = RESTART_BACKOFF[0]
@@ -534,6 +545,19 @@ class Sandbox:
             self._wake_w.close()
         if self._own_scratch and self.scratch_root:
             shutil.rmtree(self.scratch_root, ignore_errors=True)
+        elif self.scratch_root:
+            self._remove_generations(keep_logs=False)
+
+    def _remove_generations(self, keep_logs: bool = True) -> None:
+        """Remove the generation directories (and, unless kept, their logs) we created."""
+        for gen in range(1, self._generation + 1):
+            path = os.path.join(self.scratch_root, "g%d" % gen)
+            shutil.rmtree(path, ignore_errors=True)
+            if not keep_logs:
+                try:
+                    os.unlink(path + ".stderr")
+                except OSError:
+                    pass
 
     def _dispatch(self) -> None:
         while len(self._running) < self.max_workers and self._ctl is not None:

@@ -402,10 +402,11 @@ class Zygote:
             self.warm_by_pid[pid] = w
 
     def _killpg(self, ex: _Execution) -> None:
-        try:
-            os.killpg(ex.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        for kill in (os.killpg, os.kill):  # kill: it may not lead its group yet
+            try:
+                kill(ex.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     def _survivors(self, ex: _Execution) -> bool:
         """True if a process of ``ex``'s uid may still live once its child is dead.
@@ -527,10 +528,11 @@ class Zygote:
 
     def _terminate(self) -> None:
         for w in list(self.warm_by_pid.values()):
-            try:
-                os.killpg(w.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            for kill in (os.killpg, os.kill):  # kill: it may not lead its group yet
+                try:
+                    kill(w.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
             if w.uid is not None:
                 sweep_uid(w.uid)
             remove_tree(w.scratch)

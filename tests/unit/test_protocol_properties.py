@@ -35,8 +35,8 @@ def test_arbitrary_bytes_never_raise_anything_but_protocol_error(chunks):
 msgpack_values = st.recursive(
     st.none() | st.booleans() | st.integers(-2 ** 63, 2 ** 64 - 1) | st.floats() |
     st.text(max_size=20) | st.binary(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                 max_size=4),
+    lambda inner: (st.lists(inner, max_size=4)
+                   | st.dictionaries(st.text(max_size=8), inner, max_size=4)),
     max_leaves=20)
 
 

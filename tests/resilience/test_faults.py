@@ -1,0 +1,168 @@
+"""Fault injection: the runner heals, never hangs a caller, never loses or mixes results."""
+
+import concurrent.futures
+import os
+import resource
+import signal
+import subprocess
+import tempfile
+import time
+
+import psutil
+import pytest
+
+from mistral_sandbox.runner.supervisor import Overloaded, Sandbox, SandboxError
+from tests.conftest import FIXTURES, open_fds, sandbox_temp_dirs, sandbox_uid_processes
+
+ROOT = os.geteuid() == 0
+
+
+@pytest.fixture
+def no_leaks():
+    fds, dirs = open_fds(), sandbox_temp_dirs()
+    yield
+    assert open_fds() == fds
+    assert sandbox_temp_dirs() == dirs
+    assert sandbox_uid_processes() == []
+
+
+def busy_children(sb):
+    """The processes of running executions (as the sandbox knows them)."""
+    out = []
+    for pid in sb.running_pids().values():
+        try:
+            out.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def test_sigkill_zygote_during_20_concurrent_executions(no_leaks):
+    with Sandbox(max_workers=4, extra_path=[FIXTURES]) as sb:
+        old = sb.zygote_info["pid"]
+        futures = [sb.submit("sample_actions:Echo", {"value": i, "delay": 0.5})
+                   for i in range(20)]
+        deadline = time.monotonic() + 10
+        while len(busy_children(sb)) < 4 and time.monotonic() < deadline:
+            concurrent.futures.wait(futures, timeout=0.01)
+        os.kill(old, signal.SIGKILL)
+        outcomes = [f.result(timeout=60) for f in futures]
+        reasons = [o.exit_reason for o in outcomes]
+        # every execution ends exactly once: in flight -> sandbox_error, later ones run
+        assert set(reasons) <= {"ok", "sandbox_error"}
+        assert reasons.count("sandbox_error") >= 1
+        for i, o in enumerate(outcomes):
+            if o.exit_reason == "ok":
+                assert o.result.data == i
+            else:
+                assert "the zygote died" in o.message
+        assert sb.zygote_info["pid"] != old and sb.restarts == 1
+        assert sb.run("std.echo", {"output": "after"}).result.data == "after"
+
+
+def test_zygote_that_cannot_start_is_a_clear_error(no_leaks, tmp_path):
+    broken = tmp_path / "broken_preload.py"
+    broken.write_text("raise ImportError('this preload is broken on purpose')\n")
+    with pytest.raises(SandboxError) as err:
+        Sandbox(max_workers=1, extra_path=[str(tmp_path)], preload=["broken_preload"])
+    assert "the zygote failed to start" in str(err.value)
+    assert "this preload is broken on purpose" in str(err.value)
+
+
+def test_full_queue_is_overloaded_not_a_hang(no_leaks):
+    with Sandbox(max_workers=1, max_queue=2, extra_path=[FIXTURES]) as sb:
+        running = sb.submit("std.sleep", {"seconds": 0.5})
+        deadline = time.monotonic() + 10
+        while not busy_children(sb) and time.monotonic() < deadline:
+            concurrent.futures.wait([running], timeout=0.01)
+        queued = [sb.submit("std.noop"), sb.submit("std.noop")]
+        with pytest.raises(Overloaded, match="queue is full.*max_queue=2"):
+            sb.submit("std.noop")
+        assert running.result(timeout=30).ok and all(f.result(timeout=30).ok for f in queued)
+        assert sb.run("std.noop").ok  # room again
+
+
+def test_cancel_queued_and_running(no_leaks):
+    with Sandbox(max_workers=1, extra_path=[FIXTURES]) as sb:
+        running = sb.submit("sample_actions:SleepsForever")
+        queued = sb.submit("std.echo", {"output": "never"})
+        deadline = time.monotonic() + 10
+        while not busy_children(sb) and time.monotonic() < deadline:
+            concurrent.futures.wait([running], timeout=0.01)
+        assert sb.cancel(queued) and queued.cancelled()
+        assert sb.cancel(running)
+        out = running.result(timeout=10)
+        assert out.exit_reason == "cancelled" and out.message == "the execution was cancelled"
+        assert not sb.cancel(running)  # already finished
+        assert sb.run("std.noop").ok
+
+
+def test_shutdown_cancel_futures_semantics(no_leaks):
+    sb = Sandbox(max_workers=1, extra_path=[FIXTURES])
+    first = sb.submit("std.sleep", {"seconds": 0.3})
+    deadline = time.monotonic() + 10
+    while not first.running() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    rest = [sb.submit("std.noop") for _ in range(5)]
+    sb.shutdown(wait=True, cancel_futures=True)
+    assert first.result().ok  # running ones complete (concurrent.futures semantics)
+    assert all(f.cancelled() for f in rest)  # queued behind the only worker
+
+
+def test_sigstopped_child_past_its_wall_limit(no_leaks):
+    with Sandbox(max_workers=1, extra_path=[FIXTURES]) as sb:
+        fut = sb.submit("std.sleep", {"seconds": 30}, limits={"timeout": "1s"})
+        deadline = time.monotonic() + 10
+        while not busy_children(sb) and time.monotonic() < deadline:
+            concurrent.futures.wait([fut], timeout=0.01)
+        for child in busy_children(sb):
+            child.send_signal(signal.SIGSTOP)
+        out = fut.result(timeout=30)
+        assert out.exit_reason == "timeout"
+        assert sb.run("std.noop").ok
+
+
+@pytest.mark.skipif(not ROOT, reason="mounting a tmpfs needs root")
+def test_scratch_file_system_full_gives_a_clear_error(no_leaks):
+    mnt = tempfile.mkdtemp(prefix="ms-tiny-")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,nr_inodes=64,mode=0711",
+                    "tmpfs", mnt], check=True)
+    try:
+        with Sandbox(max_workers=1, warm=0, scratch_root=mnt, extra_path=[FIXTURES]) as sb:
+            # an action filling the disk gets ENOSPC (not a crash, not a hang)
+            out = sb.run("hostile_actions:FillsDisk", limits={"file_size": "64MiB"})
+            assert out.exit_reason == "ok" and out.result.data["error"] == "ENOSPC"
+            # the file system out of inodes: the scratch step fails, named
+            i = 0
+            while True:
+                try:
+                    open(os.path.join(mnt, "filler%d" % i), "w").close()
+                except OSError:
+                    break
+                i += 1
+            out = sb.run("std.noop")
+            assert out.exit_reason == "sandbox_error"
+            assert out.message.startswith("isolation step scratch failed:")
+            assert "No space left on device" in out.message
+            for j in range(i):
+                os.unlink(os.path.join(mnt, "filler%d" % j))
+            assert sb.run("std.noop").ok
+    finally:
+        subprocess.run(["umount", mnt], check=True)
+        os.rmdir(mnt)
+
+
+def test_supervisor_out_of_fds_degrades_with_errors(no_leaks):
+    with Sandbox(max_workers=1, warm=0) as sb:
+        assert sb.run("std.noop").ok
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        used = len(os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (used + 1, hard))
+        try:
+            out = sb.run("std.noop")
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert out.exit_reason == "sandbox_error"
+        assert "cannot create the child's channel" in out.message
+        assert "Too many open files" in out.message
+        assert sb.run("std.echo", {"output": 1}).result.data == 1
