@@ -201,6 +201,7 @@ class Sandbox:
         self._queue: Deque[_Execution] = collections.deque()
         self._running: Dict[int, _Execution] = {}
         self._deadlines: List[Any] = []
+        self._stale_deadlines = 0
         self._shutdown = False
         self._kill_all = False
         self._closed = False
@@ -808,6 +809,13 @@ class Sandbox:
         self._close_output(ex, 1)
         self._close_output(ex, 2)
         self._running.pop(ex.id, None)
+        if ex.deadline is not None:
+            self._stale_deadlines += 1
+            if self._stale_deadlines > 64 and self._stale_deadlines > 2 * len(self._running):
+                # finished executions' deadlines would otherwise stay until they expire
+                self._deadlines = [(d, i) for d, i in self._deadlines if i in self._running]
+                heapq.heapify(self._deadlines)
+                self._stale_deadlines = 0
         outcome = self._classify(ex, exit_msg)
         if exit_msg is None and ex.scratch:
             shutil.rmtree(ex.scratch, ignore_errors=True)
