@@ -51,6 +51,15 @@ def descendants(pid):
         return []
 
 
+def pool_pids(sandbox):
+    """Idle warm children and their own processes (pid-namespace init and action)."""
+    pids = set()
+    for pid in sandbox.warm_pids():
+        pids.add(pid)
+        pids.update(p.pid for p in descendants(pid))
+    return pids
+
+
 class LeakCheck:
     """Snapshot before, assert nothing new after (for one shared Sandbox)."""
 
@@ -65,7 +74,7 @@ class LeakCheck:
         # (bounded) until its announcement and the process table agree.
         deadline = time.monotonic() + 5
         while True:
-            warm = self.sandbox.warm_pids()
+            warm = pool_pids(self.sandbox)
             extra = [p.pid for p in descendants(zpid) if p.pid not in warm]
             uid_procs = [pid for pid in sandbox_uid_processes() if pid not in warm]
             dirs = sorted(os.listdir(self.sandbox.scratch_dir))

@@ -23,6 +23,7 @@ STEP_DESCRIPTIONS = {
     "scratch": "private scratch dir as cwd/HOME/TMPDIR, removed afterwards",
     "rlimits": "kernel rlimits: address space, CPU, files, processes, file size, core",
     "user_ns": "user namespace (non-root only)",
+    "pid_ns": "pid namespace with its own init: sees only itself; all of it dies at the end",
     "net_ns": "network namespace: no interfaces but a down loopback",
     "mount_ns": "mount namespace: host read-only, only the scratch dir writable",
     "ipc_ns": "IPC namespace: no shared SysV/POSIX IPC with the host",

@@ -145,6 +145,9 @@ def prepare(report: isolation.Report, *, keep: tuple, uid: Optional[int], scratc
         step(report, policy, "environment", isolation.scrub_environment, report, scratch)
         step(report, policy, "scratch", isolation.make_scratch, report, scratch, uid)
         step(report, policy, "user_ns", isolation.user_namespace, report)
+        parent = zygote_pid
+        if step(report, policy, "pid_ns", isolation.pid_namespace, report) is not None:
+            parent = 1  # the namespace's init
         step(report, policy, "net_ns", isolation.net_namespace, report, network)
         step(report, policy, "mount_ns", isolation.mount_namespace, report, scratch)
         step(report, policy, "ipc_ns", isolation.ipc_namespace, report)
@@ -152,7 +155,7 @@ def prepare(report: isolation.Report, *, keep: tuple, uid: Optional[int], scratc
         step(report, policy, "no_new_privs", isolation.no_new_privs, report)
         step(report, policy, "seccomp", isolation.load_seccomp, report, SECCOMP.get(network))
         step(report, policy, "uid", isolation.drop_privileges, report, uid)
-        step(report, policy, "pdeathsig", isolation.parent_death_signal, report, zygote_pid)
+        step(report, policy, "pdeathsig", isolation.parent_death_signal, report, parent)
     except isolation.IsolationError as exc:
         return exc
     return None

@@ -38,10 +38,12 @@ CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
+CLONE_NEWPID = 0x20000000
 
 MS_RDONLY = 1
 MS_NOSUID = 2
 MS_NODEV = 4
+MS_NOEXEC = 8
 MS_REMOUNT = 32
 MS_BIND = 4096
 MS_REC = 16384
@@ -52,14 +54,15 @@ MOUNT_ATTR_RDONLY = 0x1
 SYS_MOUNT_SETATTR = 442  # same number on every architecture (new syscall table)
 
 REQUIRED, BEST_EFFORT, OFF = "required", "best_effort", "off"
-STEPS = ("session", "fds", "environment", "scratch", "rlimits", "user_ns", "net_ns",
+STEPS = ("session", "fds", "environment", "scratch", "rlimits", "user_ns", "pid_ns", "net_ns",
          "mount_ns", "ipc_ns", "uts_ns", "no_new_privs", "seccomp", "uid", "pdeathsig")
 DEFAULT_POLICY = {
     "session": REQUIRED, "fds": REQUIRED, "environment": REQUIRED, "scratch": REQUIRED,
     "rlimits": REQUIRED,
     # namespaces: used wherever the kernel permits; seccomp already refuses inet
     # sockets when network is off, so a host without netns still has no network.
-    "user_ns": BEST_EFFORT, "net_ns": BEST_EFFORT, "mount_ns": BEST_EFFORT,
+    "user_ns": BEST_EFFORT, "pid_ns": BEST_EFFORT, "net_ns": BEST_EFFORT,
+    "mount_ns": BEST_EFFORT,
     "ipc_ns": BEST_EFFORT, "uts_ns": BEST_EFFORT,
     "no_new_privs": REQUIRED, "seccomp": REQUIRED, "uid": REQUIRED, "pdeathsig": REQUIRED,
 }
@@ -333,6 +336,85 @@ def user_namespace(report: Report) -> None:
     report.ok("user_ns")
 
 
+# True in the action process once it runs as pid 2 of its own pid namespace
+IN_PID_NS = [False]
+
+
+def pid_namespace(report: Report) -> int:
+    """New pid namespace with a proper init; returns the action process's expected parent.
+
+    Three processes result: this one (the *waiter*, outside the namespace, the
+    zygote's child) mirrors the action's exit status; *init* (pid 1 inside)
+    reaps every orphan and, when the action ends, exits — the kernel then kills
+    whatever is left in the namespace; the *action* process (pid 2) returns
+    from this function. Only the action process returns.
+    """
+    unshare(CLONE_NEWPID, "pid")
+    r, w = os.pipe()
+    init = os.fork()  # first child after unshare(CLONE_NEWPID): pid 1 inside
+    if init:
+        os.close(w)
+        _mirror_exit(init, r)  # the waiter; never returns
+    os.close(r)
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # init dies with the waiter
+    action = os.fork()
+    if action:
+        _init(action, w)  # never returns
+    os.close(w)
+    IN_PID_NS[0] = True
+    report.ok("pid_ns")
+    return 1
+
+
+def _only_fd(keep: int) -> None:
+    """Close every fd but ``keep`` (a waiter or init holds nothing of the execution)."""
+    os.closerange(0, keep)
+    os.closerange(keep + 1, _max_fd())
+
+
+def _mirror_exit(init: int, status_r: int) -> None:
+    """Waiter: wait for init, then end the same way the action did."""
+    try:
+        _only_fd(status_r)
+        while True:
+            try:
+                _, status = os.waitpid(init, 0)
+                break
+            except InterruptedError:
+                continue
+        data = os.read(status_r, 4)
+        if len(data) == 4:  # init reported the action's own status
+            status = int.from_bytes(data, "little", signed=True)
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+            if sig not in (signal.SIGKILL, signal.SIGSTOP):
+                signal.signal(sig, signal.SIG_DFL)
+            os.kill(os.getpid(), sig)
+            os._exit(128 + sig)  # a signal whose default is not to terminate
+        os._exit(os.waitstatus_to_exitcode(status))
+    finally:
+        os._exit(125)
+
+
+def _init(action: int, status_w: int) -> None:
+    """Pid 1 of the namespace: reap everything; report the action's status when it ends."""
+    try:
+        _only_fd(status_w)
+        while True:
+            try:
+                pid, status = os.wait()
+            except InterruptedError:
+                continue
+            except ChildProcessError:
+                os._exit(125)
+            if pid == action:
+                os.write(status_w, status.to_bytes(4, "little", signed=True))
+                os._exit(0)  # the kernel now kills and reaps the rest of the namespace
+    finally:
+        os._exit(125)
+
+
 def net_namespace(report: Report, network: bool) -> None:
     if network:
         report.skip("net_ns", "the limits allow network")
@@ -346,6 +428,8 @@ def mount_namespace(report: Report, scratch: str) -> None:
     unshare(CLONE_NEWNS, "mnt")
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     _mount(scratch, scratch, None, MS_BIND | MS_NOSUID | MS_NODEV)
+    if IN_PID_NS[0]:  # a /proc that shows only this namespace's processes
+        _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     try:
         _mount_setattr("/", AT_RECURSIVE, MOUNT_ATTR_RDONLY, 0)
     except OSError as exc:

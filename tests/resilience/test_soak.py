@@ -28,7 +28,7 @@ ATTACKS = [  # (ref, params, limits, the exit_reasons it may end in)
     ("sample_actions:Raises", {}, None, {"action_error"}),
     ("sample_actions:ClosesPipe", {}, None, {"protocol_error"}),
     ("sample_actions:DoubleFork", {}, None, {"ok"}),
-    ("hostile_actions:KillsEveryone", {}, None, {"ok"}),
+    ("hostile_actions:KillsEveryone", {}, None, {"ok", "action_error"}),
 ]
 
 
