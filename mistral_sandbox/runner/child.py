@@ -42,6 +42,7 @@ from mistral_sandbox.runner import isolation, protocol
 UNREADABLE_PATHS: list = []   # sys.path entries the sandbox uid cannot read (for hints)
 POLICY: Dict[str, str] = dict(isolation.DEFAULT_POLICY)  # isolation step -> level
 SECCOMP: Dict[bool, Any] = {}  # network allowed? -> compiled seccomp.Program
+PID_NS: list = [None]  # "" if forked as pid 1 of a new pid namespace, else why not
 
 EXIT_OK = 0
 EXIT_CHANNEL_LOST = 125
@@ -138,7 +139,7 @@ def prepare(report: isolation.Report, *, keep: tuple, uid: Optional[int], scratc
         # die with the zygote from the first instant (set again after the uid change,
         # which clears it): a child stopped mid-preparation must not outlive it
         isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != zygote_pid:
+        if os.getppid() not in (zygote_pid, 0):  # 0: pid 1 of a new pid namespace
             os._exit(137)
         step(report, policy, "session", isolation.new_session, report)
         step(report, {}, "fds", isolation.close_fds_except, report, keep)  # always applied
@@ -146,7 +147,8 @@ def prepare(report: isolation.Report, *, keep: tuple, uid: Optional[int], scratc
         step(report, policy, "scratch", isolation.make_scratch, report, scratch, uid)
         step(report, policy, "user_ns", isolation.user_namespace, report)
         parent = zygote_pid
-        if step(report, policy, "pid_ns", isolation.pid_namespace, report) is not None:
+        if step(report, policy, "pid_ns", isolation.pid_namespace, report,
+                PID_NS[0]) is not None:
             parent = 1  # the namespace's init
         step(report, policy, "net_ns", isolation.net_namespace, report, network)
         step(report, policy, "mount_ns", isolation.mount_namespace, report, scratch)

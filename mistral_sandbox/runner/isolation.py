@@ -340,67 +340,36 @@ def user_namespace(report: Report) -> None:
 IN_PID_NS = [False]
 
 
-def pid_namespace(report: Report) -> int:
-    """New pid namespace with a proper init; returns the action process's expected parent.
+def setns(fd: int, nstype: int) -> None:
+    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
 
-    Three processes result: this one (the *waiter*, outside the namespace, the
-    zygote's child) mirrors the action's exit status; *init* (pid 1 inside)
-    reaps every orphan and, when the action ends, exits — the kernel then kills
-    whatever is left in the namespace; the *action* process (pid 2) returns
-    from this function. Only the action process returns.
+
+def pid_namespace(report: Report, created: Optional[str]) -> bool:
+    """Become init of the pid namespace the zygote created for us; fork the action.
+
+    ``created`` is "" when the zygote forked this process as pid 1 of a new pid
+    namespace, else the reason it could not (raised as the step's failure). This
+    process stays *init*: it reaps every orphan and, when the action ends, exits
+    with the action's status (a signal N as exit code 128+N: init cannot be killed
+    by its own signal) — the kernel then kills what is left in the namespace. Only
+    the action process (pid 2, with a /proc of its own later) returns.
     """
-    unshare(CLONE_NEWPID, "pid")
-    r, w = os.pipe()
-    init = os.fork()  # first child after unshare(CLONE_NEWPID): pid 1 inside
-    if init:
-        os.close(w)
-        _mirror_exit(init, r)  # the waiter; never returns
-    os.close(r)
-    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # init dies with the waiter
+    if created is None:
+        raise IsolationError("pid_ns", "not created by the zygote")
+    if created:
+        raise IsolationError("pid_ns", created)
     action = os.fork()
     if action:
-        _init(action, w)  # never returns
-    os.close(w)
+        _init(action)  # never returns
     IN_PID_NS[0] = True
     report.ok("pid_ns")
-    return 1
+    return True
 
 
-def _only_fd(keep: int) -> None:
-    """Close every fd but ``keep`` (a waiter or init holds nothing of the execution)."""
-    os.closerange(0, keep)
-    os.closerange(keep + 1, _max_fd())
-
-
-def _mirror_exit(init: int, status_r: int) -> None:
-    """Waiter: wait for init, then end the same way the action did."""
+def _init(action: int) -> None:
+    """Pid 1 of the namespace: reap everything; end as the action ended."""
     try:
-        _only_fd(status_r)
-        while True:
-            try:
-                _, status = os.waitpid(init, 0)
-                break
-            except InterruptedError:
-                continue
-        data = os.read(status_r, 4)
-        if len(data) == 4:  # init reported the action's own status
-            status = int.from_bytes(data, "little", signed=True)
-        if os.WIFSIGNALED(status):
-            sig = os.WTERMSIG(status)
-            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-            if sig not in (signal.SIGKILL, signal.SIGSTOP):
-                signal.signal(sig, signal.SIG_DFL)
-            os.kill(os.getpid(), sig)
-            os._exit(128 + sig)  # a signal whose default is not to terminate
-        os._exit(os.waitstatus_to_exitcode(status))
-    finally:
-        os._exit(125)
-
-
-def _init(action: int, status_w: int) -> None:
-    """Pid 1 of the namespace: reap everything; report the action's status when it ends."""
-    try:
-        _only_fd(status_w)
+        os.closerange(0, _max_fd())  # init holds nothing of the execution
         while True:
             try:
                 pid, status = os.wait()
@@ -409,8 +378,9 @@ def _init(action: int, status_w: int) -> None:
             except ChildProcessError:
                 os._exit(125)
             if pid == action:
-                os.write(status_w, status.to_bytes(4, "little", signed=True))
-                os._exit(0)  # the kernel now kills and reaps the rest of the namespace
+                if os.WIFSIGNALED(status):
+                    os._exit(128 + os.WTERMSIG(status))
+                os._exit(os.waitstatus_to_exitcode(status))
     finally:
         os._exit(125)
 

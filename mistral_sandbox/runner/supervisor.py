@@ -843,6 +843,9 @@ class Sandbox:
                 sig = os.WTERMSIG(raw)
             else:
                 status = os.waitstatus_to_exitcode(raw)
+                if "pid_ns" in ex.isolation.get("applied", ()) and 128 < status < 128 + 65:
+                    # the namespace's init ends as its action did; a signal N as 128+N
+                    sig, status = status - 128, None
         reply = ex.reply
         result = None
         error_type = traceback = None

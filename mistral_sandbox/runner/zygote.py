@@ -195,6 +195,7 @@ class Zygote:
         self.warm_seq = 0
         self.warm_failures = 0
         self.children_path = "/proc/%d/task/%d/children" % (self.pid, self.pid)
+        self.pidns_fd: Optional[int] = None
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.wake_r, self.wake_w = r, w
 
@@ -211,6 +212,8 @@ class Zygote:
         signal.signal(signal.SIGTERM, lambda *_: self._terminate())
         child_mod.POLICY.clear()
         child_mod.POLICY.update(self.cfg.get("policy") or isolation.DEFAULT_POLICY)
+        if child_mod.POLICY.get("pid_ns") != isolation.OFF:
+            self.pidns_fd = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         if child_mod.POLICY.get("seccomp") != isolation.OFF:
             try:
                 for network in (False, True):
@@ -293,8 +296,25 @@ class Zygote:
         return self.free_uids.pop() if self.root else None
 
     def _fork_child(self, run) -> int:
-        """fork(); in the child reset our signal plumbing and call ``run()`` (never returns)."""
-        pid = os.fork()
+        """fork(); in the child reset our signal plumbing and call ``run()`` (never returns).
+
+        With the pid_ns step on, the child is created as pid 1 of a new pid namespace
+        (it becomes that namespace's init): ``unshare(CLONE_NEWPID)`` before the fork,
+        then ``setns`` back to our own namespace so the next fork can do it again.
+        ``child_mod.PID_NS`` tells the child whether that worked ("" = yes, else why not).
+        """
+        child_mod.PID_NS[0] = None
+        if self.pidns_fd is not None:
+            try:
+                isolation.unshare(isolation.CLONE_NEWPID, "pid")
+                child_mod.PID_NS[0] = ""
+            except OSError as exc:
+                child_mod.PID_NS[0] = str(exc)
+        try:
+            pid = os.fork()
+        finally:
+            if child_mod.PID_NS[0] == "" and os.getpid() == self.pid:
+                isolation.setns(self.pidns_fd, isolation.CLONE_NEWPID)
         if pid == 0:
             try:
                 signal.set_wakeup_fd(-1)

@@ -91,8 +91,8 @@ def test_child_is_isolated_basics(sandbox, clean):
     out = sandbox.run("sample_actions:Whoami")
     data = out.result.data
     if "pid_ns" in out.isolation["applied"]:
-        # pid 2 under its own init; its group is led by the waiter outside the namespace
-        assert data["pid"] == 2 and data["pgid"] == 0
+        # pid 2 under its own init, which leads the execution's session and group
+        assert data["pid"] == 2 and data["pgid"] == 1
         assert data["visible_pids"] == [1, 2]  # its /proc shows nothing of the host
     else:
         assert data["pgid_is_pid"] is True
