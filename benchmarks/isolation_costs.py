@@ -11,7 +11,8 @@ import time
 from mistral_sandbox.runner.isolation import OFF, STEPS
 from mistral_sandbox.runner.supervisor import Sandbox
 
-OPTIONAL = ("user_ns", "net_ns", "mount_ns", "ipc_ns", "uts_ns", "no_new_privs", "seccomp")
+OPTIONAL = ("user_ns", "pid_ns", "net_ns", "mount_ns", "ipc_ns", "uts_ns", "no_new_privs",
+            "seccomp")
 
 
 def run(n, policy, label):
