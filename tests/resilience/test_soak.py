@@ -56,8 +56,9 @@ def test_soak():
     counts = {"echo": 0, "attack": 0}
     lock = threading.Lock()
     done = [0]
+    latencies = []
     with Sandbox(max_workers=SUBMITTERS, extra_path=[FIXTURES]) as sb:
-        samples = {}
+        samples = {"start": footprint(sb)}
 
         def submitter(seed):
             rng = random.Random(seed)
@@ -77,7 +78,10 @@ def test_soak():
                         failures.append((ref, out.exit_reason, out.message))
                 else:
                     value = payload(rng)
+                    t = time.perf_counter()
                     out = sb.submit("std.echo", {"output": value}).result(timeout=120)
+                    with lock:
+                        latencies.append(time.perf_counter() - t)
                     kind = "echo"
                     if not out.ok or out.result.data != value:
                         failures.append(("std.echo", out.exit_reason, out.message))
@@ -93,10 +97,13 @@ def test_soak():
         wall = time.monotonic() - started
         gc.collect()
         end = footprint(sb)
-        print("\nsoak: %d executions (%d echo, %d attacks) in %.1fs = %.0f/s; "
-              "supervisor+zygote RSS %.1f -> %.1f MiB" % (
+        latencies.sort()
+        print("\nsoak: %d executions (%d echo, %d attacks) in %.1fs = %.0f/s; echo latency "
+              "p50 %.1f ms p99 %.1f ms; supervisor+zygote RSS %.1f at start, %.1f after "
+              "warm-up, %.1f MiB at the end" % (
                   N, counts["echo"], counts["attack"], wall, N / wall,
-                  samples["warm"] / 2 ** 20, end / 2 ** 20))
+                  latencies[len(latencies) // 2] * 1e3, latencies[len(latencies) * 99 // 100] * 1e3,
+                  samples["start"] / 2 ** 20, samples["warm"] / 2 ** 20, end / 2 ** 20))
         assert failures == []
         assert counts["echo"] + counts["attack"] == N
         assert end <= samples["warm"] * 1.10, "memory grew more than 10% after warm-up"
