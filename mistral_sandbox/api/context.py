@@ -94,7 +94,7 @@ class ExecutionContext:
     workflow_propagated_headers: Optional[dict] = None
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, data: Optional[dict]) -> "ExecutionContext":

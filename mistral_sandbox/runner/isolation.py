@@ -25,6 +25,7 @@ import math
 import os
 import resource
 import signal
+import sys
 import time
 from typing import Any, Dict, List, Optional
 
@@ -227,8 +228,9 @@ def make_scratch(report: Report, path: str, uid: Optional[int]) -> str:
         os.chdir(path)
     except OSError as exc:
         raise IsolationError("scratch", "%s: %s" % (path, exc.strerror or exc)) from None
-    import tempfile
-    tempfile.tempdir = path
+    tempfile = sys.modules.get("tempfile")
+    if tempfile is not None:  # already imported: make sure it did not cache another dir
+        tempfile.tempdir = path
     report.ok("scratch")
     return path
 

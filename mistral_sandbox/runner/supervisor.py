@@ -46,9 +46,10 @@ LOG = logging.getLogger(__name__)
 ACTION_LOG = logging.getLogger("mistral_sandbox.action")
 
 # Operator-trusted modules imported once in the zygote: children start with them loaded.
+# (Each module makes every fork and exit of a child a little slower: importlib.metadata and
+# tempfile alone cost ~0.1 ms per fork and ~0.2 ms per exit here, so they are not listed.)
 DEFAULT_PRELOAD = ("mistral_sandbox.runner.child", "mistral_sandbox.actions.std",
-                   "json", "re", "datetime", "base64", "hashlib", "uuid", "tempfile",
-                   "importlib.metadata", "traceback")
+                   "json", "re", "datetime", "base64", "hashlib", "uuid", "traceback")
 DEFAULT_UID_START = 1_500_000_000
 DEFAULT_UID_COUNT = 65536
 DEFAULT_WARM = 4

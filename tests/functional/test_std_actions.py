@@ -146,3 +146,11 @@ def test_mistral_lib_action_runs_unchanged(sandbox, clean):
 def test_mistral_lib_result_is_unwrapped(sandbox, clean):
     out = sandbox.run("mistral_lib_actions:MistralLibResult")
     assert out.ok and out.result.is_error() and out.result.error == {"code": 404}
+
+
+def test_tempfile_lands_in_the_private_scratch_dir(sandbox, clean):
+    out = sandbox.run("sample_actions:UsesTempfile")
+    assert out.ok, out.message
+    data = out.result.data
+    assert data["tempdir"] == data["cwd"]
+    assert data["file"].startswith(data["cwd"] + "/")
