@@ -201,14 +201,8 @@ def cmd_show(args) -> int:
 
 def cmd_check(args) -> int:
     from mistral_sandbox.runner import check
-    policy = {}
-    for pair in args.policy or []:
-        step, sep, level = pair.partition("=")
-        if not sep:
-            raise UsageError("--policy %r: expected STEP=LEVEL" % pair)
-        policy[step.strip()] = level.strip()
     try:
-        result = check.probe(policy or None, args.seccomp_library)
+        result = check.probe(_parse_policy(args.policy), args.seccomp_library)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.json:
@@ -219,10 +213,27 @@ def cmd_check(args) -> int:
     return EXIT_OK if not result.get("error") else EXIT_FAILED
 
 
+def _parse_policy(pairs) -> Optional[Dict[str, str]]:
+    policy = {}
+    for pair in pairs or []:
+        step, sep, level = pair.partition("=")
+        if not sep:
+            raise UsageError("--policy %r: expected STEP=LEVEL" % pair)
+        policy[step.strip()] = level.strip()
+    return policy or None
+
+
 def cmd_bench(args) -> int:
     from mistral_sandbox import bench
-    report = bench.run(quick=args.quick, soak=args.soak,
+    from mistral_sandbox.runner.isolation import PolicyError, make_policy
+    policy = _parse_policy(args.policy)
+    try:
+        make_policy(policy)
+    except PolicyError as exc:
+        raise UsageError(str(exc)) from None
+    report = bench.run(quick=args.quick, soak=args.soak, isolation=policy,
                        progress=bench.Progress("always" if args.progress else True))
+    report["isolation_policy"] = policy or {}
     paths = bench.save(report, args.out) if args.out else []
     if args.json:
         json.dump(report, sys.stdout)
@@ -272,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="where to write the JSON report and PNG charts ('' to skip)")
     bn.add_argument("--progress", action="store_true",
                     help="show progress even when stderr is not a terminal")
+    bn.add_argument("--policy", action="append", metavar="STEP=LEVEL",
+                    help="isolation policy override, e.g. pid_ns=off")
     bn.set_defaults(func=cmd_bench)
 
     chk = sub.add_parser("check", help="show what isolation this host enforces")
