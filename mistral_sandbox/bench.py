@@ -110,9 +110,9 @@ def fresh_interpreter(target: str, params: dict) -> Any:
     return msgpack.unpackb(p.stdout, raw=False)
 
 
-def process_tree_rss(pid: int) -> int:
-    proc = psutil.Process(pid)
-    return proc.memory_info().rss
+def process_rss(pid: int) -> int:
+    """Resident set of one process (bytes)."""
+    return psutil.Process(pid).memory_info().rss
 
 
 def machine_facts() -> Dict[str, Any]:
@@ -192,7 +192,7 @@ def run(quick: bool = False, soak: int = 0, isolation: Optional[dict] = None,
         time.sleep(0.5)  # let the warm pool fill before measuring idle memory
         zygote = sb.zygote_info["pid"]
         report["memory"]["idle_supervisor_rss"] = me.memory_info().rss
-        report["memory"]["idle_zygote_rss"] = process_tree_rss(zygote)
+        report["memory"]["idle_zygote_rss"] = process_rss(zygote)
         for _ in range(20):
             sb.run("std.noop")
 
@@ -217,7 +217,7 @@ def run(quick: bool = False, soak: int = 0, isolation: Optional[dict] = None,
         def sample():
             while not stop.is_set():
                 try:
-                    total = me.memory_info().rss + process_tree_rss(zygote)
+                    total = me.memory_info().rss + process_rss(zygote)
                 except psutil.Error:
                     total = 0
                 peak["rss"] = max(peak["rss"], total)
@@ -234,10 +234,10 @@ def run(quick: bool = False, soak: int = 0, isolation: Optional[dict] = None,
         report["memory"]["load_supervisor_plus_zygote_peak_rss"] = peak["rss"]
 
         if soak:
-            before = me.memory_info().rss + process_tree_rss(zygote)
+            before = me.memory_info().rss + process_rss(zygote)
             fds_before = len(os.listdir("/proc/self/fd"))
             throughput(sb, 4, soak // 4, {"output": kb})
-            after = me.memory_info().rss + process_tree_rss(zygote)
+            after = me.memory_info().rss + process_rss(zygote)
             report["memory"]["soak"] = {
                 "executions": soak // 4 * 4, "rss_before": before, "rss_after": after,
                 "growth_pct": 100.0 * (after - before) / before,
