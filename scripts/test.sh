@@ -5,6 +5,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
+
+# The seccomp step (required by default) loads the system libseccomp.
+if ! ldconfig -p 2>/dev/null | grep -q 'libseccomp\.so\.2'; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libseccomp2
+    else
+        echo "scripts/test.sh: libseccomp2 is missing; install it (Debian: apt-get install libseccomp2)" >&2
+        exit 1
+    fi
+fi
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
