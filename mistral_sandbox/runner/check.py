@@ -31,7 +31,7 @@ STEP_DESCRIPTIONS = {
     "no_new_privs": "PR_SET_NO_NEW_PRIVS: setuid binaries grant nothing",
     "seccomp": "seccomp filter: ptrace, mount, bpf, kexec, keyctl, perf, unshare, "
                "setns, inet sockets (network off)... refused",
-    "uid": "unprivileged per-execution uid (root only)",
+    "uid": "unprivileged per-execution uid (root); not root: every capability dropped",
     "pdeathsig": "SIGKILL if the zygote dies",
 }
 

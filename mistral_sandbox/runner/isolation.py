@@ -275,9 +275,34 @@ def _lower(res: int, soft: int, hard: int) -> None:
     resource.setrlimit(res, (soft, hard))
 
 
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def drop_capabilities() -> None:
+    """Clear the effective, permitted and inheritable capability sets (ambient follows)."""
+    header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
+    data = (_CapData * 2)()
+    _check(_libc.capset(ctypes.byref(header), data), "capset")
+
+
 def drop_privileges(report: Report, uid: Optional[int]) -> None:
-    """setgroups([]), setresgid, setresuid to ``uid`` (gid = uid); only when root."""
+    """As root: setgroups([]), setresgid, setresuid to ``uid`` (gid = uid).
+
+    Not root on the host (``uid`` None): the process is root only inside its own user
+    namespace (if that step ran); every capability is dropped, so it holds none there
+    either.
+    """
     if uid is None:
+        if IN_USER_NS[0]:
+            drop_capabilities()
+            report.ok("uid")
+            return
         if os.geteuid() == 0:
             raise IsolationError("uid", "running as root but no unprivileged uid was assigned")
         report.skip("uid", "not running as root: actions run as uid %d" % os.geteuid())
@@ -321,6 +346,9 @@ def _mount_setattr(path: str, flags: int, attr_set: int, attr_clr: int) -> None:
                          ctypes.c_size_t(ctypes.sizeof(attr))), "mount_setattr %s" % path)
 
 
+IN_USER_NS = [False]  # set once this process is root of its own user namespace
+
+
 def user_namespace(report: Report) -> None:
     """Non-root only: a user namespace where we are root, so the others can be created."""
     if os.geteuid() == 0:
@@ -335,6 +363,7 @@ def user_namespace(report: Report) -> None:
         f.write("0 %d 1" % uid)
     with open("/proc/self/gid_map", "w") as f:
         f.write("0 %d 1" % gid)
+    IN_USER_NS[0] = True
     report.ok("user_ns")
 
 

@@ -98,3 +98,21 @@ def test_sigterm_kills_the_child_and_cleans_up():
     assert proc.returncode == 130, (out, err)
     for k in kids:
         assert not psutil.pid_exists(k.pid) or k.status() == psutil.STATUS_ZOMBIE
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("runuser"),
+                    reason="needs root to switch to an unprivileged user")
+def test_runs_as_an_unprivileged_user():
+    """Not root: a user namespace instead of a sandbox uid, every capability dropped."""
+    exe = shutil.which("mistral-sandbox", path=os.path.dirname(sys.executable))
+    p = subprocess.run(["runuser", "-u", "nobody", "--", exe, "run", "std.echo", "--param",
+                        "output=hi", "--json"], capture_output=True, text=True, timeout=60,
+                       cwd="/tmp")
+    assert p.returncode == 0, p.stdout + p.stderr
+    out = json.loads(p.stdout)
+    assert out["result"]["data"] == "hi"
+    applied = out["isolation"]["applied"]
+    for step in ("user_ns", "net_ns", "mount_ns", "seccomp", "uid", "no_new_privs"):
+        assert step in applied
+    skipped = {s["step"]: s["reason"] for s in out["isolation"]["skipped"]}
+    assert "Operation not permitted" in skipped["pid_ns"]
