@@ -30,7 +30,7 @@ def measure(fn, n, label):
 
 def main():
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 200
-    with Sandbox(max_workers=1) as sb:
+    with Sandbox() as sb:  # defaults: 4 workers, warm pool of 4
         for _ in range(20):
             sb.run("std.noop")
 
