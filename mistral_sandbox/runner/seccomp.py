@@ -15,7 +15,6 @@ and the BPF for us, which a hand-assembled program would have to duplicate.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 from typing import Optional
@@ -58,11 +57,17 @@ class _SockFprog(ctypes.Structure):
 
 
 def _library(path: Optional[str]):
-    name = path or ctypes.util.find_library("seccomp") or "libseccomp.so.2"
+    name = path or "libseccomp.so.2"  # the SONAME: found through the loader's cache
     try:
         lib = ctypes.CDLL(name, use_errno=True)
     except OSError as exc:
-        raise SeccompUnavailable("cannot load libseccomp (%s): %s" % (name, exc)) from None
+        found = None
+        if path is None:  # unusual layout: ask ctypes.util (it imports subprocess, which
+            from ctypes import util  # every forked child would then carry)
+            found = util.find_library("seccomp")
+        if not found:
+            raise SeccompUnavailable("cannot load libseccomp (%s): %s" % (name, exc)) from None
+        lib = ctypes.CDLL(found, use_errno=True)
     lib.seccomp_init.restype = ctypes.c_void_p
     lib.seccomp_init.argtypes = [ctypes.c_uint32]
     lib.seccomp_release.argtypes = [ctypes.c_void_p]
