@@ -233,7 +233,10 @@ class Zygote:
                    "policy": dict(child_mod.POLICY)})
 
     def send(self, msg: dict) -> None:
-        self.ctl.send(msgpack.packb(msg, use_bin_type=True))
+        try:
+            self.ctl.send(msgpack.packb(msg, use_bin_type=True))
+        except OSError:  # the supervisor is gone: nobody to serve, clean up and go
+            self._terminate()
 
     def serve(self) -> None:
         poller = select.poll()
@@ -561,10 +564,34 @@ class Zygote:
         for uid in self.free_uids + [ex.uid for ex, _, _ in self.draining]:
             if uid is not None:
                 sweep_uid(uid)
+        # reap what was killed (bounded) before removing its directories
+        pending = {ex.pid for ex in self.by_id.values()} | set(self.warm_by_pid)
+        deadline = time.monotonic() + 5
+        while pending and time.monotonic() < deadline:
+            for pid in list(pending):
+                try:
+                    if os.waitpid(pid, os.WNOHANG)[0]:
+                        pending.discard(pid)
+                except ChildProcessError:
+                    pending.discard(pid)
+            if pending:
+                time.sleep(0.005)
         for ex, _, _ in self.draining:
             remove_tree(ex.scratch)
         for ex in list(self.by_id.values()):
             remove_tree(ex.scratch)
+        # If the supervisor died, nobody else will clean up: our generation's directory,
+        # its log, and the sandbox's root if that leaves it empty.
+        remove_tree(self.scratch_root)
+        for path in (self.scratch_root + ".stderr",):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        try:
+            os.rmdir(os.path.dirname(self.scratch_root))
+        except OSError:
+            pass
         os._exit(0)
 
 
@@ -580,7 +607,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     ctl = socket.socket(fileno=int(cfg["ctl_fd"]))
     zygote = Zygote(ctl, cfg)
     zygote.start()
-    zygote.serve()
+    try:
+        zygote.serve()
+    except BaseException:  # a bug of ours: leave nothing of the executions behind
+        import traceback
+        traceback.print_exc()
+        zygote._terminate()
 
 
 if __name__ == "__main__":

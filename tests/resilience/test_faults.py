@@ -5,6 +5,7 @@ import os
 import resource
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -166,3 +167,27 @@ def test_supervisor_out_of_fds_degrades_with_errors(no_leaks):
         assert "cannot create the child's channel" in out.message
         assert "Too many open files" in out.message
         assert sb.run("std.echo", {"output": 1}).result.data == 1
+
+
+def test_caller_killed_leaves_nothing_behind(no_leaks):
+    """SIGKILL the process that owns a Sandbox mid-execution: its zygote notices (EOF),
+    kills the children and removes every directory; nothing of it survives."""
+    code = ("import sys, time\n"
+            "from mistral_sandbox.runner.supervisor import Sandbox\n"
+            "sb = Sandbox(max_workers=2)\n"
+            "futures = [sb.submit('std.sleep', {'seconds': 60}) for _ in range(2)]\n"
+            "print(sb.zygote_info['pid'], sb.scratch_root, flush=True)\n"
+            "time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    zpid, root = proc.stdout.readline().split()
+    proc.stdout.close()
+    zygote = psutil.Process(int(zpid))
+    deadline = time.monotonic() + 10
+    while len(zygote.children()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    tree = [zygote] + zygote.children(recursive=True)
+    proc.kill()
+    proc.wait()
+    gone, alive = psutil.wait_procs(tree, timeout=10)
+    assert alive == []
+    assert not os.path.exists(root), sorted(os.walk(root))
