@@ -3,7 +3,7 @@ import threading
 
 from mistral_sandbox.api import Result
 from mistral_sandbox.runner.supervisor import Sandbox, SandboxError
-from tests.conftest import FIXTURES, LeakCheck, descendants, open_fds, sandbox_temp_dirs
+from tests.conftest import FIXTURES, open_fds, sandbox_temp_dirs
 
 
 def test_50_concurrent_submissions_get_their_own_results(sandbox, clean):
@@ -67,12 +67,11 @@ def test_shutdown_leaves_nothing_behind():
 def test_interrupted_caller_kills_running_children():
     fds = open_fds()
     sb = Sandbox(max_workers=2, extra_path=[FIXTURES])
-    zpid = sb.zygote_info["pid"]
     running = sb.submit("sample_actions:SleepsForever")
     queued = [sb.submit("std.noop") for _ in range(5)]
     try:
         with sb:
-            while not [p for p in descendants(zpid) if p.pid not in sb.warm_pids()]:
+            while not sb.running_pids():  # the first submission's child is running
                 concurrent.futures.wait([running], timeout=0.01)
             raise KeyboardInterrupt
     except KeyboardInterrupt:
@@ -104,4 +103,3 @@ def test_many_sandboxes_in_one_process_do_not_share_uids():
     finally:
         a.shutdown()
         b.shutdown()
-    LeakCheck  # imported for symmetry with the shared fixture
