@@ -113,3 +113,13 @@ def then_works(sandbox, clean):
     yield
     out = sandbox.run("std.echo", {"output": "after"})
     assert out.exit_reason == "ok" and out.result.data == "after", out.message
+
+
+@pytest.fixture
+def no_leaks():
+    """For tests with their own Sandbox: no fd, temp dir or sandbox-uid process remains."""
+    fds, dirs = open_fds(), sandbox_temp_dirs()
+    yield
+    assert open_fds() == fds
+    assert sandbox_temp_dirs() == dirs
+    assert sandbox_uid_processes() == []

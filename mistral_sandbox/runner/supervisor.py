@@ -471,14 +471,19 @@ class Sandbox:
                 error = exc
                 LOG.error("zygote restart %d failed: %s", attempt, exc)
                 time.sleep(delay)
+        self._break("the sandbox is broken: %s" % error)
+
+    def _break(self, message: str) -> None:
+        """Stop for good: refuse new work, end every queued execution with ``message``."""
         with self._lock:
             self._shutdown = True
             queued = list(self._queue)
             self._queue.clear()
         for ex in queued:
             if ex.future.set_running_or_notify_cancel():
-                self._resolve(ex, self._outcome_without_run(
-                    ex, "sandbox_error", "the sandbox is broken: %s" % error))
+                self._resolve(ex, self._outcome_without_run(ex, "sandbox_error", message))
+            else:
+                self._resolve(ex, None)
 
     # ------------------------------------------------------------ I/O loop
 
@@ -524,14 +529,7 @@ class Sandbox:
                 ex.kill_reason = "sandbox_error"
                 ex.kill_message = "the sandbox I/O loop crashed"
                 self._finish(ex, None)
-            with self._lock:
-                self._shutdown = True
-                queued = list(self._queue)
-                self._queue.clear()
-            for ex in queued:
-                if ex.future.set_running_or_notify_cancel():
-                    self._resolve(ex, self._outcome_without_run(
-                        ex, "sandbox_error", "the sandbox I/O loop crashed"))
+            self._break("the sandbox I/O loop crashed")
         finally:
             self._stop_zygote()
             self._cleanup_resources()

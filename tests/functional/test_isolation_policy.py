@@ -12,18 +12,9 @@ import pytest
 from mistral_sandbox.runner.isolation import PolicyError, make_policy
 from mistral_sandbox.runner.limits import DEFAULT_CEILING
 from mistral_sandbox.runner.supervisor import Sandbox
-from tests.conftest import FIXTURES, open_fds, sandbox_temp_dirs, sandbox_uid_processes
+from tests.conftest import FIXTURES
 
 MISSING_LIB = "/nonexistent/libseccomp.so.2"
-
-
-@pytest.fixture
-def no_leaks():
-    fds, dirs = open_fds(), sandbox_temp_dirs()
-    yield
-    assert open_fds() == fds
-    assert sandbox_temp_dirs() == dirs
-    assert sandbox_uid_processes() == []
 
 
 def test_required_step_unavailable_fails_with_sandbox_error(no_leaks):

@@ -13,18 +13,9 @@ import psutil
 import pytest
 
 from mistral_sandbox.runner.supervisor import Overloaded, Sandbox, SandboxError
-from tests.conftest import FIXTURES, open_fds, sandbox_temp_dirs, sandbox_uid_processes
+from tests.conftest import FIXTURES
 
 ROOT = os.geteuid() == 0
-
-
-@pytest.fixture
-def no_leaks():
-    fds, dirs = open_fds(), sandbox_temp_dirs()
-    yield
-    assert open_fds() == fds
-    assert sandbox_temp_dirs() == dirs
-    assert sandbox_uid_processes() == []
 
 
 def busy_children(sb):
