@@ -7,12 +7,16 @@ depend on the request happens first (:func:`prepare`); the request's limits
 are applied when it arrives (lowering rlimits needs no privilege). The
 conversation on the channel (fd 3) is::
 
-    zygote → child   {id} + channel/stdout/stderr fds   (warm children only)
     parent → child   run      {id, action, params, context, limits, mode}
     child  → parent  ready    {id, isolation}        (before any tenant code runs)
     child  → parent  log*     {level, msg, logger}
-    child  → parent  result   {id, data, error, cancel, sync}
-                   | error    {id, kind, message, exc_type, traceback}
+    child  → parent  result   {id, data, error, cancel, sync, usage}
+                   | error    {id, kind, message, exc_type, traceback, usage}
+
+After its reply the child closes the channel and its stdout/stderr, then
+exits: the parent has the whole outcome once it has the reply and EOF on all
+three (``usage`` is the process's own ``getrusage``, measured by the runner
+after the action returned).
 
 ``mode`` is ``run`` (default), ``test`` (dry run) or ``describe`` (return the
 action's signature and docstring without instantiating it).
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -29,7 +34,6 @@ import traceback
 import warnings
 from typing import Any, Dict, Optional
 
-import msgpack
 
 from mistral_sandbox.actions import loader
 from mistral_sandbox.api import base as api_base
@@ -43,6 +47,7 @@ UNREADABLE_PATHS: list = []   # sys.path entries the sandbox uid cannot read (fo
 POLICY: Dict[str, str] = dict(isolation.DEFAULT_POLICY)  # isolation step -> level
 SECCOMP: Dict[bool, Any] = {}  # network allowed? -> compiled seccomp.Program
 PID_NS: list = [None]  # "" if forked as pid 1 of a new pid namespace, else why not
+CEILING: Dict[str, Any] = {}  # the operator's limits: applied ahead by warm children
 
 EXIT_OK = 0
 EXIT_CHANNEL_LOST = 125
@@ -84,7 +89,7 @@ class _Channel:
     def error(self, kind: str, message: str, exc: Optional[BaseException] = None) -> bool:
         """Send an error frame; never raises (bounded texts, a minimal frame as fallback)."""
         msg = {"type": "error", "id": self.exec_id, "kind": kind,
-               "message": _bounded(message)}
+               "message": _bounded(message), "usage": _usage()}
         try:
             if exc is not None:
                 msg["exc_type"] = "%s.%s" % (type(exc).__module__, type(exc).__qualname__)
@@ -146,10 +151,9 @@ def prepare(report: isolation.Report, *, keep: tuple, uid: Optional[int], scratc
         step(report, policy, "environment", isolation.scrub_environment, report, scratch)
         step(report, policy, "scratch", isolation.make_scratch, report, scratch, uid)
         step(report, policy, "user_ns", isolation.user_namespace, report)
-        parent = zygote_pid
-        if step(report, policy, "pid_ns", isolation.pid_namespace, report,
-                PID_NS[0]) is not None:
-            parent = 1  # the namespace's init
+        step(report, policy, "pid_ns", isolation.pid_namespace, report, PID_NS[0])
+        # pid 1 of its own namespace: the parent (the zygote) is outside it, seen as 0
+        parent = 0 if PID_NS[0] == "" else zygote_pid
         step(report, policy, "net_ns", isolation.net_namespace, report, network)
         step(report, policy, "mount_ns", isolation.mount_namespace, report, scratch)
         step(report, policy, "ipc_ns", isolation.ipc_namespace, report)
@@ -177,28 +181,22 @@ def main(channel_fd: int, out_fd: int, err_fd: int, *, exec_id: int, uid: Option
         _exit(code)
 
 
-def main_warm(pool_fd: int, *, uid: Optional[int], scratch: str, zygote_pid: int,
-              max_frame: int) -> None:
-    """Warm path: isolate first, then wait for one assignment from the zygote.
-
-    The zygote sends ``{id}`` with the channel, stdout and stderr fds on
-    ``pool_fd``; EOF there (zygote gone, or pool shut down) ends the child.
-    Never returns.
+def main_warm(channel_fd: int, out_fd: int, err_fd: int, *, uid: Optional[int],
+              scratch: str, zygote_pid: int, max_frame: int) -> None:
+    """Warm path: isolate and apply the operator's limits first, then wait for one
+    request on the channel (the supervisor writes it there directly). Never returns.
     """
     code = EXIT_CHANNEL_LOST
     try:
         report = isolation.Report()
         report.warm = True
-        error = prepare(report, keep=(pool_fd,), uid=uid, scratch=scratch,
+        error = prepare(report, keep=(channel_fd, out_fd, err_fd), uid=uid, scratch=scratch,
                         zygote_pid=zygote_pid, network=False)
+        isolation.install_stdio(channel_fd, out_fd, err_fd)
+        if error is None and CEILING:
+            error = _apply_limits(report, CEILING)
         _prewarm()
-        pool = socket.socket(fileno=pool_fd)
-        data, fds, _flags, _addr = socket.recv_fds(pool, 4096, 3)
-        if not data or len(fds) != 3:
-            return
-        exec_id = int(msgpack.unpackb(data)["id"])
-        isolation.install_stdio(fds[0], fds[1], fds[2])  # also closes the pool socket
-        code = _serve(exec_id, max_frame, report, error, False)
+        code = _serve(None, max_frame, report, error, False)
     finally:
         _exit(code)
 
@@ -224,6 +222,7 @@ def _prewarm() -> None:
         warnings.filterwarnings("default")
         warnings.resetwarnings()
         traceback.format_exception(ValueError, ValueError("x"), None)
+        _usage()
     except Exception:  # warming is an optimisation; never fail a child for it
         pass
 
@@ -237,31 +236,84 @@ def _exit(code: int) -> None:
     os._exit(code)
 
 
-def _serve(exec_id: int, max_frame: int, report: isolation.Report,
+def _serve(exec_id: Optional[int], max_frame: int, report: isolation.Report,
            error: Optional[isolation.IsolationError], network: bool) -> int:
-    """Channel on fd 3: read the request, apply its limits, run, reply; the exit code."""
+    """Channel on fd 3: read the request, apply its limits, run, reply; the exit code.
+
+    ``exec_id`` is the execution a cold child was forked for (a warm child takes
+    the id from the request)."""
     sock = socket.socket(fileno=isolation.CHANNEL_FD)
-    channel = _Channel(sock, exec_id)
     try:
         request = protocol.validate(protocol.read_frame(sock, max_frame), frozenset({"run"}))
-        if request["id"] != exec_id:
+        if exec_id is not None and request["id"] != exec_id:
             raise protocol.ProtocolError("run frame for execution %r, expected %r"
                                          % (request["id"], exec_id))
     except (EOFError, OSError, protocol.ProtocolError) as exc:
-        _stderr_note("mistral-sandbox child: cannot receive the request: %s: %s"
-                     % (type(exc).__name__, exc))
+        if not isinstance(exc, EOFError) or exec_id is not None:  # EOF: an idle warm child
+            _stderr_note("mistral-sandbox child: cannot receive the request: %s: %s"
+                         % (type(exc).__name__, exc))  # whose pool was shut down
         return EXIT_CHANNEL_LOST
+    exec_id = request["id"]
+    channel = _Channel(sock, exec_id)
+    try:
+        return _serve_request(channel, request, report, error, network)
+    finally:
+        _release_streams(sock)
+
+
+def _apply_limits(report: isolation.Report,
+                  limits: Dict[str, Any]) -> Optional[isolation.IsolationError]:
+    """The rlimits step for ``limits``, unless exactly these are applied already."""
+    if APPLIED_LIMITS and APPLIED_LIMITS[0] == limits:
+        return None
+    try:
+        isolation.apply_step(report, POLICY, "rlimits", isolation.apply_rlimits, report, limits)
+    except isolation.IsolationError as exc:
+        return exc
+    APPLIED_LIMITS[:] = [dict(limits)]
+    return None
+
+
+APPLIED_LIMITS: list = []  # [the limits whose rlimits this process has applied]
+
+
+def _release_streams(sock: socket.socket) -> None:
+    """Close stdout, stderr and the channel: the parent's EOF on all three (with the
+    reply in hand) completes the outcome while this process is still exiting."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            pass
+    for fd in (1, 2):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+def _usage() -> Dict[str, Any]:
+    """This process's own resource use, and that of the children it waited for."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"cpu_user": own.ru_utime + kids.ru_utime, "cpu_sys": own.ru_stime + kids.ru_stime,
+            "max_rss": max(own.ru_maxrss, kids.ru_maxrss) * 1024}
+
+
+def _serve_request(channel: _Channel, request: Dict[str, Any], report: isolation.Report,
+                   error: Optional[isolation.IsolationError], network: bool) -> int:
+    exec_id = channel.exec_id
     limits = request.get("limits") or {}
     if error is None and bool(limits.get("network")) != network:
         error = isolation.IsolationError("net_ns", "child prepared with network=%s for a "
                                          "request with network=%s" % (network,
                                                                       limits.get("network")))
     if error is None:
-        try:
-            isolation.apply_step(report, POLICY, "rlimits", isolation.apply_rlimits, report,
-                                 limits)
-        except isolation.IsolationError as exc:
-            error = exc
+        error = _apply_limits(report, limits)
     if error is not None:
         channel.send({"type": "error", "id": exec_id, "kind": "sandbox_error",
                       "message": str(error), "isolation": report.to_dict()})
@@ -274,7 +326,9 @@ def _serve(exec_id: int, max_frame: int, report: isolation.Report,
                                                 "limit"})
     max_result = limits.get("max_result_bytes")
     try:
-        frame = _encode_reply(_run_action(request, channel))
+        reply = _run_action(request, channel)
+        reply["usage"] = _usage()
+        frame = _encode_reply(reply)
         if max_result is not None and len(frame) - protocol.HEADER.size > max_result + 256:
             channel.error("result_too_large", "result of %d bytes exceeds max_result_bytes=%d"
                           % (len(frame), max_result))

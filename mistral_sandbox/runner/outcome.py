@@ -36,12 +36,20 @@ EXIT_REASONS = ("ok", "action_error", "timeout", "cpu_limit", "memory_limit", "o
 
 @dataclasses.dataclass
 class Usage:
-    """Resources the execution's process used (seconds, bytes)."""
+    """Resources the execution's process used (seconds, bytes).
+
+    ``source`` says who measured cpu and memory: ``"kernel"`` (the zygote's
+    ``wait4`` once the process was reaped: authoritative) or ``"child"`` (the
+    runner inside the sandboxed process, right after the action returned: what
+    an early-delivered outcome carries; an action that tampers with its own
+    runtime can misstate it). ``wall`` is always measured by the parent.
+    """
 
     wall: float = 0.0
     cpu_user: float = 0.0
     cpu_sys: float = 0.0
     max_rss: int = 0
+    source: str = "kernel"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -10,13 +10,21 @@ map per packet, fds passed with ``SCM_RIGHTS``):
 supervisor → zygote      zygote → supervisor
 =======================  ===================================================
                          ``hello {pid, uids, root}`` once ready
+                         ``warm {slot, pid, scratch}`` + 3 fds: a pre-forked
+                         child (its channel, stdout and stderr) for the
+                         supervisor to hand one request to, directly
+``taken {slots}``        (nothing: those slots are no longer idle)
 ``fork {id}`` + 3 fds    ``forked {id, pid, scratch}`` or ``fork_failed``
-``kill {id}``            (nothing; the exit report follows)
-                         ``exit {id, pid, status, rusage, swept, scratch_removed}``
+``kill {id}|{slot}``     (nothing; the exit report follows)
+                         ``exit {id|slot, pid, status, rusage, swept,
+                         scratch_removed}``
 =======================  ===================================================
 
-The zygote never sees parameters, contexts or tokens: those go from the
-supervisor to the child over the child's own socketpair. It is a child
+The zygote is not on a request's path: the supervisor writes a request
+straight into an idle warm child's channel and tells the zygote afterwards
+(``taken``), so the pool is refilled. The zygote never sees parameters,
+contexts or tokens: those go from the supervisor to the child over the
+child's own socketpair. It is a child
 subreaper, so orphans of an execution come back to it and are reaped. When
 running as root every execution gets its own uid from a pool claimed with
 ``flock`` (so concurrent sandboxes on one host never share one). When an
@@ -29,7 +37,6 @@ on the control socket kills every child and ends the zygote.
 
 from __future__ import annotations
 
-import collections
 import errno
 import fcntl
 import gc
@@ -42,7 +49,7 @@ import signal
 import socket
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import msgpack
 
@@ -55,26 +62,20 @@ DRAIN_POLL_MS = 20
 WARM_MAX_FAILURES = 20  # warm children that died unassigned before the pool gives up
 
 
-class _Warm:
-    """A pre-forked, already isolated child waiting on ``pool`` for its one assignment."""
+class _Child:
+    """One child of the zygote: a cold execution (``key`` = ("id", execution id)) or a
+    warm child (``key`` = ("slot", slot number)). ``contained``: it is pid 1 of its own
+    pid namespace, so nothing it starts can outlive it."""
 
-    __slots__ = ("pid", "pool", "uid", "scratch")
+    __slots__ = ("key", "pid", "uid", "scratch", "contained")
 
-    def __init__(self, pid: int, pool: socket.socket, uid: Optional[int], scratch: str):
-        self.pid = pid
-        self.pool = pool
-        self.uid = uid
-        self.scratch = scratch
-
-
-class _Execution:
-    __slots__ = ("id", "pid", "uid", "scratch")
-
-    def __init__(self, exec_id: int, pid: int, uid: Optional[int], scratch: str):
-        self.id = exec_id
+    def __init__(self, key: Tuple[str, int], pid: int, uid: Optional[int], scratch: str,
+                 contained: bool):
+        self.key = key
         self.pid = pid
         self.uid = uid
         self.scratch = scratch
+        self.contained = contained
 
 
 def claim_uids(lock_dir: str, start: int, count: int, want: int) -> List[int]:
@@ -184,16 +185,13 @@ class Zygote:
         self.max_frame = int(cfg["max_frame"])
         self.root = os.geteuid() == 0
         self.free_uids: List[int] = []
-        self.by_id: Dict[int, _Execution] = {}
-        self.by_pid: Dict[int, _Execution] = {}
+        self.children: Dict[Tuple[str, int], _Child] = {}  # key -> child, until reaped
+        self.by_pid: Dict[int, _Child] = {}
         self.draining: List = []
         self.warm_target = int(cfg.get("warm", 0))
-        self.warm: "collections.deque[_Warm]" = collections.deque()
-        self.warm_pids: set = set()
-        self.warm_by_pid: Dict[int, _Warm] = {}
-        self.orphaned_warm: Dict[int, _Warm] = {}
+        self.idle: set = set()  # slots of warm children nobody has taken yet
         self.warm_seq = 0
-        self.warm_failures = 0
+        self.warm_failures = 0  # warm children in a row that died before being taken
         self.children_path = "/proc/%d/task/%d/children" % (self.pid, self.pid)
         self.pidns_fd: Optional[int] = None
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -209,9 +207,13 @@ class Zygote:
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, lambda *_: self._terminate())
+        # (children are forked with fork_light: until they reset them, these handlers
+        # are theirs too, so they act only in the zygote itself)
+        signal.signal(signal.SIGTERM, self._on_sigterm)
         child_mod.POLICY.clear()
         child_mod.POLICY.update(self.cfg.get("policy") or isolation.DEFAULT_POLICY)
+        child_mod.CEILING.clear()
+        child_mod.CEILING.update(self.cfg.get("ceiling") or {})
         if child_mod.POLICY.get("pid_ns") != isolation.OFF:
             self.pidns_fd = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         if child_mod.POLICY.get("seccomp") != isolation.OFF:
@@ -225,18 +227,28 @@ class Zygote:
         unreadable = unreadable_paths(sys.path) if self.root else []
         child_mod.UNREADABLE_PATHS[:] = unreadable
         gc.freeze()  # keep preloaded objects out of the children's GC: fewer COW faults
-        self._spawn_warm(self.warm_target)
         self.send({"op": "hello", "pid": self.pid, "root": self.root,
                    "uids": list(self.free_uids), "unreadable_paths": unreadable,
-                   "warm_pids": sorted(self.warm_pids),
                    "seccomp": isolation.SECCOMP_UNAVAILABLE[0] or "ok",
                    "policy": dict(child_mod.POLICY)})
+        self._spawn_warm(self.warm_target)
 
-    def send(self, msg: dict) -> None:
+    def _on_sigterm(self, *_args) -> None:
+        if os.getpid() == self.pid:
+            self._terminate()
+
+    def send(self, msg: dict, fds: Tuple[int, ...] = ()) -> bool:
+        """Send one message (with ``fds``); False if the supervisor is gone (then we end)."""
         try:
-            self.ctl.send(msgpack.packb(msg, use_bin_type=True))
+            data = msgpack.packb(msg, use_bin_type=True)
+            if fds:
+                socket.send_fds(self.ctl, [data], list(fds))
+            else:
+                self.ctl.send(data)
+            return True
         except OSError:  # the supervisor is gone: nobody to serve, clean up and go
             self._terminate()
+            return False
 
     def serve(self) -> None:
         poller = select.poll()
@@ -245,7 +257,7 @@ class Zygote:
         while True:
             # Requests and exits first; the warm pool is refilled only when idle, so a
             # refill fork never delays a request or an exit report.
-            refill = len(self.warm) < self.warm_target and \
+            refill = len(self.idle) < self.warm_target and \
                 self.warm_failures < WARM_MAX_FAILURES and bool(self.free_uids or not self.root)
             timeout = 0 if refill else (DRAIN_POLL_MS if self.draining else None)
             try:
@@ -254,11 +266,12 @@ class Zygote:
                 continue
             if not events:
                 if refill:
-                    self._refill(1)
+                    self._spawn_warm(1)
                 elif self.draining:
                     self.reap()
                 continue
-            for fd, _ in events:
+            # control messages before exits: a "taken" must be seen before its child's exit
+            for fd, _ in sorted(events, key=lambda e: e[0] != self.ctl.fileno()):
                 if fd == self.wake_r:
                     try:
                         while os.read(self.wake_r, 512):
@@ -285,26 +298,32 @@ class Zygote:
         op = msg.get("op")
         if op == "fork":
             self.fork(int(msg["id"]), fds, bool(msg.get("network")))
+            return True
+        for fd in fds:
+            os.close(fd)
+        if op == "taken":
+            for slot in msg.get("slots", ()):
+                self.idle.discard(int(slot))
+            self.warm_failures = 0
         elif op == "kill":
-            for fd in fds:
-                os.close(fd)
-            self.kill(int(msg["id"]))
-        else:
-            for fd in fds:
-                os.close(fd)
+            key = ("slot", int(msg["slot"])) if "slot" in msg else ("id", int(msg["id"]))
+            child = self.children.get(key)
+            if child is not None:  # not reaped yet: the pid (and its group) are still ours;
+                self._killpg(child)  # once it is dead, reap() sweeps whatever it left
         return True
 
     def _take_uid(self) -> Optional[int]:
         """A free sandbox uid (None when not root); raises IndexError when none is left."""
         return self.free_uids.pop() if self.root else None
 
-    def _fork_child(self, run) -> int:
+    def _fork_child(self, run) -> Tuple[int, bool]:
         """fork(); in the child reset our signal plumbing and call ``run()`` (never returns).
 
         With the pid_ns step on, the child is created as pid 1 of a new pid namespace
         (it becomes that namespace's init): ``unshare(CLONE_NEWPID)`` before the fork,
         then ``setns`` back to our own namespace so the next fork can do it again.
         ``child_mod.PID_NS`` tells the child whether that worked ("" = yes, else why not).
+        Returns (pid, whether the child has its own pid namespace).
         """
         child_mod.PID_NS[0] = None
         if self.pidns_fd is not None:
@@ -314,7 +333,7 @@ class Zygote:
             except OSError as exc:
                 child_mod.PID_NS[0] = str(exc)
         try:
-            pid = os.fork()
+            pid = isolation.fork_light()
         finally:
             if child_mod.PID_NS[0] == "" and os.getpid() == self.pid:
                 isolation.setns(self.pidns_fd, isolation.CLONE_NEWPID)
@@ -326,117 +345,108 @@ class Zygote:
                 run()
             finally:
                 os._exit(126)
-        return pid
+        return pid, child_mod.PID_NS[0] == ""
 
     def fork(self, exec_id: int, fds: List[int], network: bool) -> None:
-        """Start execution ``exec_id``: hand it to a warm child, or fork a cold one."""
-        if len(fds) != 3:
-            for fd in fds:
-                os.close(fd)
-            self.send({"op": "fork_failed", "id": exec_id, "error": "expected 3 fds"})
-            return
+        """Start execution ``exec_id`` in a child forked now (the cold path)."""
         try:
-            if not network and self._assign_warm(exec_id, fds):
+            if len(fds) != 3:
+                self.send({"op": "fork_failed", "id": exec_id, "error": "expected 3 fds"})
                 return
-            self._fork_cold(exec_id, fds, network)
+            try:
+                uid = self._take_uid()
+            except IndexError:
+                self.send({"op": "fork_failed", "id": exec_id, "error": "no free sandbox uid"})
+                return
+            scratch = os.path.join(self.scratch_root, "x%d" % exec_id)
+
+            def run():
+                child_mod.main(fds[0], fds[1], fds[2], exec_id=exec_id, uid=uid,
+                               scratch=scratch, zygote_pid=self.pid, max_frame=self.max_frame,
+                               network=network)
+            try:
+                pid, contained = self._fork_child(run)
+            except OSError as exc:
+                if uid is not None:
+                    self.free_uids.append(uid)
+                self.send({"op": "fork_failed", "id": exec_id, "error": "fork: %s" % exc})
+                return
+            self._track(_Child(("id", exec_id), pid, uid, scratch, contained))
+            self.send({"op": "forked", "id": exec_id, "pid": pid, "scratch": scratch})
         finally:
             for fd in fds:
                 os.close(fd)
-        # the pool is refilled when the zygote is idle (see serve), off this path
 
-    def _assign_warm(self, exec_id: int, fds: List[int]) -> bool:
-        while self.warm:
-            w = self.warm.popleft()
-            self.warm_pids.discard(w.pid)
-            try:
-                socket.send_fds(w.pool, [msgpack.packb({"id": exec_id})], fds)
-            except OSError:  # it died before its turn: reap() cleans it up
-                w.pool.close()
-                self.orphaned_warm[w.pid] = w
-                continue
-            w.pool.close()
-            ex = _Execution(exec_id, w.pid, w.uid, w.scratch)
-            self.by_id[exec_id] = ex
-            self.by_pid[w.pid] = ex
-            self.send({"op": "forked", "id": exec_id, "pid": w.pid, "scratch": w.scratch,
-                       "warm": True, "warm_pids": sorted(self.warm_pids)})
-            return True
-        return False
-
-    def _fork_cold(self, exec_id: int, fds: List[int], network: bool) -> None:
-        try:
-            uid = self._take_uid()
-        except IndexError:
-            self.send({"op": "fork_failed", "id": exec_id, "error": "no free sandbox uid"})
-            return
-        scratch = os.path.join(self.scratch_root, "x%d" % exec_id)
-
-        def run():
-            child_mod.main(fds[0], fds[1], fds[2], exec_id=exec_id, uid=uid, scratch=scratch,
-                           zygote_pid=self.pid, max_frame=self.max_frame, network=network)
-        try:
-            pid = self._fork_child(run)
-        except OSError as exc:
-            if uid is not None:
-                self.free_uids.append(uid)
-            self.send({"op": "fork_failed", "id": exec_id, "error": "fork: %s" % exc})
-            return
-        ex = _Execution(exec_id, pid, uid, scratch)
-        self.by_id[exec_id] = ex
-        self.by_pid[pid] = ex
-        self.send({"op": "forked", "id": exec_id, "pid": pid, "scratch": scratch,
-                   "warm": False})
-
-    def _refill(self, at_most: int) -> None:
-        """Add up to ``at_most`` warm children (stops if they keep dying); tells the
-        supervisor which pids are idle warm children."""
-        before = len(self.warm)
-        self._spawn_warm(at_most)
-        if len(self.warm) != before:
-            self.send({"op": "warm", "pids": sorted(self.warm_pids)})
+    def _track(self, child: _Child) -> None:
+        self.children[child.key] = child
+        self.by_pid[child.pid] = child
 
     def _spawn_warm(self, at_most: int) -> None:
-        target = min(self.warm_target, len(self.warm) + at_most)
-        while len(self.warm) < target and self.warm_failures < WARM_MAX_FAILURES:
+        """Fork up to ``at_most`` warm children and hand their ends to the supervisor.
+
+        Each gets its channel (a socketpair) and stdout/stderr pipes now; the
+        supervisor receives our ends and later writes one request into the channel.
+        """
+        target = min(self.warm_target, len(self.idle) + at_most)
+        while len(self.idle) < target and self.warm_failures < WARM_MAX_FAILURES:
             try:
                 uid = self._take_uid()
             except IndexError:
                 return
-            self.warm_seq += 1
-            scratch = os.path.join(self.scratch_root, "w%d" % self.warm_seq)
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-
-            def run():
-                ours.close()
-                child_mod.main_warm(theirs.fileno(), uid=uid, scratch=scratch,
-                                    zygote_pid=self.pid, max_frame=self.max_frame)
+            opened: List[int] = []
             try:
-                pid = self._fork_child(run)
+                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                opened += [ours.detach(), theirs.detach()]
+                opened += os.pipe2(os.O_CLOEXEC)
+                opened += os.pipe2(os.O_CLOEXEC)
             except OSError:
-                ours.close()
-                theirs.close()
+                for fd in opened:
+                    os.close(fd)
                 if uid is not None:
                     self.free_uids.append(uid)
                 return
-            theirs.close()
-            w = _Warm(pid, ours, uid, scratch)
-            self.warm.append(w)
-            self.warm_pids.add(pid)
-            self.warm_by_pid[pid] = w
+            chan_ours, chan_theirs, out_r, out_w, err_r, err_w = opened
+            self.warm_seq += 1
+            slot = self.warm_seq
+            scratch = os.path.join(self.scratch_root, "w%d" % slot)
 
-    def _killpg(self, ex: _Execution) -> None:
+            def run():
+                for fd in (chan_ours, out_r, err_r):
+                    os.close(fd)
+                child_mod.main_warm(chan_theirs, out_w, err_w, uid=uid, scratch=scratch,
+                                    zygote_pid=self.pid, max_frame=self.max_frame)
+            try:
+                pid, contained = self._fork_child(run)
+            except OSError:
+                for fd in opened:
+                    os.close(fd)
+                if uid is not None:
+                    self.free_uids.append(uid)
+                return
+            for fd in (chan_theirs, out_w, err_w):
+                os.close(fd)
+            self._track(_Child(("slot", slot), pid, uid, scratch, contained))
+            self.idle.add(slot)
+            sent = self.send({"op": "warm", "slot": slot, "pid": pid, "scratch": scratch},
+                             (chan_ours, out_r, err_r))
+            for fd in (chan_ours, out_r, err_r):
+                os.close(fd)
+            if not sent:
+                return
+
+    def _killpg(self, child: _Child) -> None:
         for kill in (os.killpg, os.kill):  # kill: it may not lead its group yet
             try:
-                kill(ex.pid, signal.SIGKILL)
+                kill(child.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
 
-    def _survivors(self, ex: _Execution) -> bool:
-        """True if a process of ``ex``'s uid may still live once its child is dead.
+    def _survivors(self, child: _Child) -> bool:
+        """True if a process of ``child``'s uid may still live once the child is dead.
 
         Every orphan of an execution is reparented to us (we are a subreaper),
-        so if none of our direct children other than tracked executions runs as
-        the execution's uid, nothing of it survives and no sweep is needed.
+        so if none of our direct children other than tracked ones runs as the
+        execution's uid, nothing of it survives and no sweep is needed.
         """
         try:
             with open(self.children_path, "rb") as f:
@@ -445,27 +455,28 @@ class Zygote:
             return True  # cannot tell: assume the worst
         for raw in pids:
             pid = int(raw)
-            if pid == ex.pid or pid in self.by_pid or pid in self.warm_pids:
+            if pid == child.pid or pid in self.by_pid:
                 continue
             if _is_zombie(pid):
                 continue  # dead, waiting to be reaped by us
             uid = _real_uid(pid)
-            if uid is None or uid == ex.uid:
+            if uid is None or uid == child.uid:
                 return True
         return False
 
-    def _contain(self, ex: _Execution) -> bool:
-        """Kill what is left of a finished execution; True if a uid sweep ran."""
-        self._killpg(ex)
-        if ex.uid is not None and self._survivors(ex):
-            sweep_uid(ex.uid)
+    def _contain(self, child: _Child) -> bool:
+        """Kill what is left of a finished child; True if a uid sweep ran.
+
+        A child that was pid 1 of its own namespace needs nothing: when it died the
+        kernel killed everything in the namespace, which nothing can leave.
+        """
+        if child.contained:
+            return False
+        self._killpg(child)
+        if child.uid is not None and self._survivors(child):
+            sweep_uid(child.uid)
             return True
         return False
-
-    def kill(self, exec_id: int) -> None:
-        ex = self.by_id.get(exec_id)
-        if ex is not None:  # not reaped yet: the pid (and its group) are still ours;
-            self._killpg(ex)  # once it is dead, reap() sweeps whatever it left
 
     def reap(self) -> None:
         """Reap every dead child, contain its execution, report what is finished."""
@@ -483,50 +494,26 @@ class Zygote:
             if info is None:
                 return
             pid = info.si_pid
-            if pid in self.warm_by_pid and pid not in self.by_pid:
-                self._warm_died(pid)
-                continue
-            ex = self.by_pid.pop(pid, None)
+            child = self.by_pid.pop(pid, None)
             swept = False
-            if ex is not None:
+            if child is not None:
                 # leader is a zombie: its group id cannot be reused yet
-                swept = self._contain(ex)
+                swept = self._contain(child)
             try:
                 _, status, ru = os.wait4(pid, 0)
             except ChildProcessError:
                 continue
-            if ex is None:
+            if child is None:
                 continue  # an orphan of some execution, reparented to us
-            del self.by_id[ex.id]
-            self.warm_by_pid.pop(pid, None)
-            report = {"op": "exit", "id": ex.id, "pid": pid, "status": status,
+            del self.children[child.key]
+            kind, key = child.key
+            if kind == "slot" and key in self.idle:  # died before anybody took it
+                self.idle.discard(key)
+                self.warm_failures += 1
+            report = {"op": "exit", kind: key, "pid": pid, "status": status,
                       "utime": ru.ru_utime, "stime": ru.ru_stime,
                       "maxrss": ru.ru_maxrss * 1024, "swept": swept}
-            self.draining.append((ex, report, time.monotonic() + DRAIN_TIMEOUT))
-
-    def _warm_died(self, pid: int) -> None:
-        """A warm child died before (or while) being assigned: clean up, remember it."""
-        w = self.warm_by_pid.pop(pid)
-        self.orphaned_warm.pop(pid, None)
-        if pid in self.warm_pids:
-            self.warm_pids.discard(pid)
-            self.warm = collections.deque(x for x in self.warm if x.pid != pid)
-            w.pool.close()
-        self.warm_failures += 1
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            os.wait4(pid, 0)
-        except ChildProcessError:
-            pass
-        remove_tree(w.scratch)
-        if w.uid is not None:
-            if self._survivors(_Execution(-1, pid, w.uid, w.scratch)):
-                sweep_uid(w.uid)
-            self.free_uids.append(w.uid)
-        self.send({"op": "warm", "pids": sorted(self.warm_pids)})
+            self.draining.append((child, report, time.monotonic() + DRAIN_TIMEOUT))
 
     def _finish_drained(self) -> None:
         """Report executions whose killed survivors have all been reaped.
@@ -536,36 +523,29 @@ class Zygote:
         """
         still = []
         now = time.monotonic()
-        for ex, report, deadline in self.draining:
-            if report["swept"] and self._survivors(ex):
+        for child, report, deadline in self.draining:
+            if report["swept"] and self._survivors(child):
                 if now < deadline:
-                    sweep_uid(ex.uid)  # anything that got through before: again
-                    still.append((ex, report, deadline))
+                    sweep_uid(child.uid)  # anything that got through before: again
+                    still.append((child, report, deadline))
                     continue
                 report["survivors"] = True
-            report["scratch_removed"] = remove_tree(ex.scratch)
-            if ex.uid is not None:
-                self.free_uids.append(ex.uid)
+            report["scratch_removed"] = remove_tree(child.scratch)
+            if child.uid is not None:
+                self.free_uids.append(child.uid)
             self.send(report)
         self.draining = still
 
     def _terminate(self) -> None:
-        for w in list(self.warm_by_pid.values()):
-            for kill in (os.killpg, os.kill):  # kill: it may not lead its group yet
-                try:
-                    kill(w.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-            if w.uid is not None:
-                sweep_uid(w.uid)
-            remove_tree(w.scratch)
-        for ex in list(self.by_id.values()):
-            self._contain(ex)
-        for uid in self.free_uids + [ex.uid for ex, _, _ in self.draining]:
+        for child in list(self.children.values()):
+            self._killpg(child)
+            if child.uid is not None and not child.contained:
+                sweep_uid(child.uid)
+        for uid in self.free_uids + [c.uid for c, _, _ in self.draining]:
             if uid is not None:
                 sweep_uid(uid)
         # reap what was killed (bounded) before removing its directories
-        pending = {ex.pid for ex in self.by_id.values()} | set(self.warm_by_pid)
+        pending = set(self.by_pid)
         deadline = time.monotonic() + 5
         while pending and time.monotonic() < deadline:
             for pid in list(pending):
@@ -576,10 +556,8 @@ class Zygote:
                     pending.discard(pid)
             if pending:
                 time.sleep(0.005)
-        for ex, _, _ in self.draining:
-            remove_tree(ex.scratch)
-        for ex in list(self.by_id.values()):
-            remove_tree(ex.scratch)
+        for child in [c for c, _, _ in self.draining] + list(self.children.values()):
+            remove_tree(child.scratch)
         # If the supervisor died, nobody else will clean up: our generation's directory,
         # its log, and the sandbox's root if that leaves it empty.
         remove_tree(self.scratch_root)

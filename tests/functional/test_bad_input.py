@@ -1,9 +1,16 @@
 """Bad input and misbehaving actions: each ends in one precise Outcome, nothing leaks,
 and the next execution works."""
 
+import concurrent.futures
+import os
+import signal
+import time
+
 import pytest
 
 from mistral_sandbox.runner.limits import LimitError
+from mistral_sandbox.runner.supervisor import Sandbox
+from tests.conftest import FIXTURES
 
 
 def test_unknown_action(sandbox, then_works):
@@ -107,8 +114,31 @@ def test_exits_with_status_3(sandbox, then_works):
 
 def test_kills_itself(sandbox, then_works):
     out = sandbox.run("sample_actions:KillsSelf")
+    if "pid_ns" in out.isolation["applied"]:
+        # the action is its pid namespace's init: like any init, it ignores a signal
+        # with the default action that comes from inside its namespace (itself)
+        assert out.exit_reason == "ok", out.message
+    else:
+        assert out.exit_reason == "killed"
+        assert out.signal == 9 and "SIGKILL" in out.message
+
+
+def test_kills_itself_without_a_pid_namespace(no_leaks):
+    with Sandbox(max_workers=1, extra_path=[FIXTURES], isolation={"pid_ns": "off"}) as sb:
+        out = sb.run("sample_actions:KillsSelf")
     assert out.exit_reason == "killed"
     assert out.signal == 9 and "SIGKILL" in out.message
+
+
+def test_killed_from_outside_its_namespace_is_killed(sandbox, then_works):
+    fut = sandbox.submit("std.sleep", {"seconds": 30})
+    deadline = time.monotonic() + 10
+    while not sandbox.running_pids() and time.monotonic() < deadline:
+        concurrent.futures.wait([fut], timeout=0.01)
+    (pid,) = sandbox.running_pids().values()
+    os.kill(pid, signal.SIGKILL)  # e.g. the OOM killer, or an operator
+    out = fut.result(timeout=30)
+    assert out.exit_reason == "killed" and out.signal == 9
 
 
 def test_closes_its_pipe_early(sandbox, then_works):

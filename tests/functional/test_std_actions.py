@@ -1,6 +1,9 @@
 """Every std action through a real sandboxed child."""
 
+import os
+
 from mistral_sandbox.api import ActionContext, ExecutionContext, Result, SecurityContext
+from mistral_sandbox.runner.supervisor import Sandbox
 
 
 def test_echo_returns_its_input(sandbox, clean):
@@ -9,7 +12,21 @@ def test_echo_returns_its_input(sandbox, clean):
     assert out.exit_reason == "ok", out.message
     assert out.result == Result(payload)
     assert out.usage.wall > 0 and out.usage.max_rss > 0
-    assert out.exit_status == 0
+    # delivered as soon as the child replied and closed its streams: the process is
+    # still exiting, so usage is the child's own measure and there is no exit status
+    assert out.usage.source == "child" and out.exit_status is None
+
+
+def test_wait_exit_gives_the_kernels_account(no_leaks):
+    with Sandbox(max_workers=1, wait_exit=True) as sb:
+        out = sb.run("std.echo", {"output": "x"})
+        assert out.ok and out.result.data == "x"
+        assert out.exit_status == 0 and out.signal is None
+        assert out.usage.source == "kernel" and out.usage.max_rss > 0
+        assert out.isolation["scratch_removed"] is True
+        assert out.isolation["survivors_swept"] is False  # nothing was left to sweep
+        assert os.listdir(sb.scratch_dir) == [] or \
+            all(d.startswith("w") for d in os.listdir(sb.scratch_dir))
 
 
 def test_noop(sandbox, clean):
@@ -91,9 +108,9 @@ def test_child_is_isolated_basics(sandbox, clean):
     out = sandbox.run("sample_actions:Whoami")
     data = out.result.data
     if "pid_ns" in out.isolation["applied"]:
-        # pid 2 under its own init, which leads the execution's session and group
-        assert data["pid"] == 2 and data["pgid"] == 1
-        assert data["visible_pids"] == [1, 2]  # its /proc shows nothing of the host
+        # pid 1 of its own namespace, leading its session and group
+        assert data["pid"] == 1 and data["pgid"] == 1
+        assert data["visible_pids"] == [1]  # its /proc shows nothing of the host
     else:
         assert data["pgid_is_pid"] is True
     assert data["fds"] == [0, 1, 2, 3, 4]  # stdio, channel, and listdir's own fd
@@ -102,8 +119,6 @@ def test_child_is_isolated_basics(sandbox, clean):
     assert data["env"]["HOME"] == data["cwd"] == data["env"]["TMPDIR"]
     if os.geteuid() == 0:
         assert data["uid"] != 0 and "uid" in out.isolation["applied"]
-        assert out.isolation["survivors_swept"] is False  # nothing was left to sweep
-    assert out.isolation["scratch_removed"] is True
     for step in ("session", "fds", "scratch", "environment", "rlimits", "pdeathsig"):
         assert step in out.isolation["applied"]
 

@@ -20,7 +20,7 @@ SUBMITTERS = 8
 
 ATTACKS = [  # (ref, params, limits, the exit_reasons it may end in)
     ("sample_actions:ForkBomb", {"n": 200}, {"procs": 8}, {"ok"}),
-    ("sample_actions:KillsSelf", {}, None, {"killed"}),
+    ("sample_actions:KillsSelf", {}, None, {"killed", "ok"}),  # ok: as its ns's init
     ("sample_actions:WritesGarbage", {}, None, {"protocol_error"}),
     ("sample_actions:PrintsHuge", {"mb": 3}, None, {"output_limit"}),
     ("sample_actions:SleepsForever", {}, {"timeout": "200ms"}, {"timeout"}),
