@@ -60,6 +60,20 @@ def pool_pids(sandbox):
     return pids
 
 
+def stray_sandbox_processes(sandbox):
+    """Sandbox-uid processes that are not ``sandbox``'s idle warm children.
+
+    A warm child being forked right now is not in the pool until the zygote has
+    announced it: waits (bounded) for the announcement to catch up."""
+    deadline = time.monotonic() + 5
+    while True:
+        pool = pool_pids(sandbox)
+        stray = [p for p in sandbox_uid_processes() if p not in pool]
+        if not stray or time.monotonic() > deadline:
+            return stray
+        time.sleep(0.01)
+
+
 class LeakCheck:
     """Snapshot before, assert nothing new after (for one shared Sandbox)."""
 

@@ -147,6 +147,11 @@ def prepare(report: isolation.Report, *, keep: tuple, uid: Optional[int], scratc
         if os.getppid() not in (zygote_pid, 0):  # 0: pid 1 of a new pid namespace
             os._exit(137)
         step(report, policy, "session", isolation.new_session, report)
+        netns = isolation.SHARED_NETNS[0]
+        if netns is not None and not network:
+            keep = keep + (netns,)  # joined (and closed) by the net_ns step
+        else:
+            isolation.SHARED_NETNS[0] = None  # closed by the fds step
         step(report, {}, "fds", isolation.close_fds_except, report, keep)  # always applied
         step(report, policy, "environment", isolation.scrub_environment, report, scratch)
         step(report, policy, "scratch", isolation.make_scratch, report, scratch, uid)

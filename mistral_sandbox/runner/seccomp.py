@@ -2,7 +2,9 @@
 
 The filter allows everything except a deny list (see :data:`DENIED_SYSCALLS`),
 which fails with ``EPERM``; ``clone``/``clone3`` that would create namespaces
-are refused, and with network off so is ``socket(AF_INET|AF_INET6, ...)``.
+are refused; with network off ``socket()`` is refused for every address family
+but netlink (so no inet, unix, packet or vsock socket; ``socketpair`` works),
+with network on for vsock (the hypervisor's sockets are not the network).
 
 :func:`build` compiles the filter to a classic BPF program (bytes) in the
 zygote — once per network setting; :func:`load` installs such a program in
@@ -30,9 +32,10 @@ DENIED_SYSCALLS = (
 )
 CLONE_NAMESPACE_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000,
                          0x20000000, 0x40000000, 0x00000080)  # NS CGROUP UTS IPC USER PID NET TIME
-AF_INET, AF_INET6 = 2, 10
+AF_NETLINK, AF_VSOCK = 16, 40
 
 SCMP_ACT_ALLOW = 0x7FFF0000
+SCMP_CMP_NE = 1
 SCMP_CMP_EQ = 4
 SCMP_CMP_MASKED_EQ = 7
 PR_SET_SECCOMP = 22
@@ -102,8 +105,11 @@ def build(network: bool, library: Optional[str] = None) -> bytes:
             rule(deny, "clone", _ArgCmp(0, SCMP_CMP_MASKED_EQ, flag, flag))
         rule(SCMP_ACT_ERRNO(errno.ENOSYS), "clone3")  # flags unreadable: make libc use clone
         if not network:
-            for family in (AF_INET, AF_INET6):
-                rule(deny, "socket", _ArgCmp(0, SCMP_CMP_EQ, family, 0))
+            # netlink only (the shared namespace's lo): no inet, packet or vsock socket,
+            # and no unix socket (host daemons' sockets, abstract names); socketpair stays
+            rule(deny, "socket", _ArgCmp(0, SCMP_CMP_NE, AF_NETLINK, 0))
+        else:
+            rule(deny, "socket", _ArgCmp(0, SCMP_CMP_EQ, AF_VSOCK, 0))  # the hypervisor's
         r, w = os.pipe()
         try:
             rc = lib.seccomp_export_bpf(ctx, w)

@@ -243,7 +243,8 @@ class Sandbox:
         self._warm_pids: frozenset = frozenset()
         self._idle: Deque[_Slot] = collections.deque()  # warm children nobody has taken
         self._by_slot: Dict[int, _Execution] = {}
-        self._taken: List[int] = []  # slots taken since the zygote was last told
+        self._taken: List[int] = []  # slots taken and done, not yet told to the zygote
+        self._pending_taken: set = set()  # slots taken by executions still undelivered
         self._own_scratch = scratch_root is None
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -472,6 +473,7 @@ class Sandbox:
             self._idle.popleft().close()
         self._warm_pids = frozenset()
         self._taken = []
+        self._pending_taken.clear()
 
     def _stop_zygote(self) -> None:
         self._drop_idle()
@@ -573,6 +575,8 @@ class Sandbox:
                 for key, mask in self._sel.select(timeout):
                     key.data(mask)
                 self._check_deadlines()
+                if self._taken:
+                    self._tell_taken()
         except BaseException:
             LOG.exception("sandbox I/O loop crashed")
             for ex in list(self._running.values()):
@@ -619,20 +623,39 @@ class Sandbox:
                 self._resolve(ex, None)  # cancelled while queued
                 continue
             self._start(ex)
+        if not self._idle:
+            self._tell_taken()  # the pool is empty: refill now, whatever runs
+
+    def _taken_done(self, ex: _Execution) -> None:
+        """``ex``'s warm slot may be refilled: it has ended (or been delivered)."""
+        if ex.slot in self._pending_taken:
+            self._pending_taken.discard(ex.slot)
+            self._taken.append(ex.slot)
+
+    def _tell_taken(self) -> None:
+        """Tell the zygote which warm children were taken, so it forks new ones.
+
+        Told when an execution is delivered, not when it starts: a refill (a fork
+        and a child's isolation, milliseconds of CPU) would otherwise compete with
+        the very execution that used the slot. If the pool runs dry, every taken
+        slot is told at once.
+        """
+        if not self._idle:
+            self._taken.extend(self._pending_taken)
+            self._pending_taken.clear()
         if self._taken and self._ctl is not None:
-            # after the requests are written: the zygote refills the pool off their path
             try:
                 self._ctl.send(msgpack.packb({"op": "taken", "slots": self._taken}))
             except OSError:
                 pass  # a dead zygote is noticed on its socket
-            self._taken = []
+        self._taken = []
 
     def _start(self, ex: _Execution) -> None:
         """Hand ``ex`` to an idle warm child, or ask the zygote to fork one for it."""
         if self._idle and not ex.limits.network:
             w = self._idle.popleft()
             self._warm_pids = frozenset(x.pid for x in self._idle)
-            self._taken.append(w.slot)
+            self._pending_taken.add(w.slot)
             ex.slot, ex.pid, ex.scratch = w.slot, w.pid, w.scratch
             self._by_slot[w.slot] = ex
             self._begin(ex, w.sock, w.out_r, w.err_r)
@@ -897,6 +920,7 @@ class Sandbox:
             return
         ex.delivered = True
         self._resolve(ex, self._classify(ex, None))
+        self._taken_done(ex)
 
     def _finish(self, ex: _Execution, exit_msg: Optional[Dict[str, Any]]) -> None:
         """Drain what the dead child left, close its fds, resolve its future (unless
@@ -922,6 +946,7 @@ class Sandbox:
                 self._stale_deadlines = 0
         if ex.slot is not None:
             self._by_slot.pop(ex.slot, None)
+            self._taken_done(ex)
         if exit_msg is None and ex.scratch:
             shutil.rmtree(ex.scratch, ignore_errors=True)
         if not ex.delivered:

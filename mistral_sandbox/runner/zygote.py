@@ -194,6 +194,8 @@ class Zygote:
         self.warm_failures = 0  # warm children in a row that died before being taken
         self.children_path = "/proc/%d/task/%d/children" % (self.pid, self.pid)
         self.pidns_fd: Optional[int] = None
+        self.netns_fd: Optional[int] = None  # the network namespace children share
+        self.netns_error = ""
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.wake_r, self.wake_w = r, w
 
@@ -216,6 +218,11 @@ class Zygote:
         child_mod.CEILING.update(self.cfg.get("ceiling") or {})
         if child_mod.POLICY.get("pid_ns") != isolation.OFF:
             self.pidns_fd = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        if child_mod.POLICY.get("net_ns") != isolation.OFF and self.root:
+            try:
+                isolation.SHARED_NETNS[0] = self.netns_fd = isolation.make_shared_netns()
+            except OSError as exc:  # children then create their own
+                self.netns_error = str(exc)
         if child_mod.POLICY.get("seccomp") != isolation.OFF:
             try:
                 for network in (False, True):
@@ -230,6 +237,8 @@ class Zygote:
         self.send({"op": "hello", "pid": self.pid, "root": self.root,
                    "uids": list(self.free_uids), "unreadable_paths": unreadable,
                    "seccomp": isolation.SECCOMP_UNAVAILABLE[0] or "ok",
+                   "netns": "shared" if self.netns_fd is not None else
+                   "per child" + (" (%s)" % self.netns_error if self.netns_error else ""),
                    "policy": dict(child_mod.POLICY)})
         self._spawn_warm(self.warm_target)
 

@@ -193,7 +193,7 @@ def test_double_forked_daemon_does_not_survive(sandbox, then_works):
     killed with the pid namespace, or by the uid sweep without one."""
     import os
     import psutil
-    from tests.conftest import pool_pids, sandbox_uid_processes
+    from tests.conftest import stray_sandbox_processes
     out = sandbox.run("sample_actions:DoubleFork")
     assert out.exit_reason == "ok"
     if "pid_ns" in out.isolation["applied"]:
@@ -203,5 +203,4 @@ def test_double_forked_daemon_does_not_survive(sandbox, then_works):
         assert not psutil.pid_exists(daemon) or psutil.Process(daemon).status() == "zombie"
         if os.geteuid() == 0:
             assert out.isolation["survivors_swept"] is True
-    pool = pool_pids(sandbox)
-    assert [p for p in sandbox_uid_processes() if p not in pool] == []
+    assert stray_sandbox_processes(sandbox) == []

@@ -9,7 +9,8 @@ import threading
 import psutil
 import pytest
 
-from tests.conftest import open_fds, pool_pids, sandbox_temp_dirs, sandbox_uid_processes
+from tests.conftest import (open_fds, pool_pids, sandbox_temp_dirs, sandbox_uid_processes,
+                            stray_sandbox_processes)
 
 ROOT = os.geteuid() == 0
 H = "hostile_actions:"
@@ -24,8 +25,7 @@ def audit_baseline(sandbox):
 
 def nothing_of_it_left(sandbox, out):
     """No process of any finished execution (only the idle pool runs as sandbox uids)."""
-    pool = pool_pids(sandbox)
-    assert [p for p in sandbox_uid_processes() if p not in pool] == []
+    assert stray_sandbox_processes(sandbox) == []
     assert "pid_ns" in out.isolation["applied"] or out.isolation["survivors_swept"]
 
 
@@ -114,6 +114,30 @@ def test_inet_socket_with_network_off(sandbox, then_works):
         assert out.exit_reason == "ok"
         assert out.result.data["inet"] == "denied:EPERM"
         assert out.result.data["inet6"] == "denied:EPERM"
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nobody connected
+    finally:
+        listener.close()
+
+
+def test_local_sockets_without_network(sandbox, then_works, tmp_path):
+    """Without network an action cannot reach a host daemon's unix socket (even a
+    world-writable one), bind an abstract name (its network namespace is shared with
+    other children), or open vsock/packet sockets; socketpair still works."""
+    os.chmod(tmp_path, 0o755)
+    path = str(tmp_path / "daemon.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    os.chmod(path, 0o777)
+    listener.listen(1)
+    listener.settimeout(0)
+    try:
+        out = sandbox.run(H + "UsesLocalSockets", {"path": path})
+        assert out.exit_reason == "ok", out.message
+        data = out.result.data
+        for kind in ("unix", "abstract", "vsock", "packet", "udp"):
+            assert data[kind] == "denied:EPERM", (kind, data[kind])
+        assert data["socketpair"] == "ok:'ping'"
         with pytest.raises(BlockingIOError):
             listener.accept()  # nobody connected
     finally:
