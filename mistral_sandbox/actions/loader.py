@@ -30,7 +30,9 @@ def import_target(target: str) -> Any:
     """Import ``"module:attr.path"`` and return the attribute."""
     module_name, _, attr_path = target.partition(":")
     try:
-        obj = importlib.import_module(module_name)
+        obj = sys.modules.get(module_name)  # preloaded: skip the import machinery
+        if obj is None:
+            obj = importlib.import_module(module_name)
     except BaseException as exc:  # SyntaxError, SystemExit, anything in module code
         raise LoadError("cannot import module %r: %s: %s"
                         % (module_name, type(exc).__name__, exc)) from None
@@ -67,7 +69,29 @@ def signature_text(cls: type, name: str) -> str:
 
 
 def instantiate(cls: type, params: dict, name: str) -> Any:
-    """``cls(**params)`` after checking the names against its signature."""
+    """``cls(**params)``; a LoadError names missing/unknown parameters and the signature.
+
+    The signature is inspected only when the call fails (it costs more than the
+    call): a TypeError raised by the call itself, before any code of the class
+    ran, is a binding error; one raised inside ``__init__`` is the action's own.
+    """
+    try:
+        return cls(**params)
+    except TypeError as exc:
+        inside = exc.__traceback__ is not None and exc.__traceback__.tb_next is not None
+        if inside:
+            raise LoadError("%s rejected its parameters: %s: %s"
+                            % (name, type(exc).__name__, exc)) from None
+        _raise_binding_error(cls, params, name, exc)
+        raise LoadError("%s rejected its parameters: %s: %s"
+                        % (name, type(exc).__name__, exc)) from None
+    except Exception as exc:
+        raise LoadError("%s rejected its parameters: %s: %s"
+                        % (name, type(exc).__name__, exc)) from None
+
+
+def _raise_binding_error(cls: type, params: dict, name: str, exc: TypeError) -> None:
+    """LoadError with what is missing or unknown, if the signature explains ``exc``."""
     try:
         sig = inspect.signature(cls)
     except (TypeError, ValueError):
@@ -75,7 +99,8 @@ def instantiate(cls: type, params: dict, name: str) -> Any:
     if sig is not None:
         try:
             sig.bind(**params)
-        except TypeError as exc:
+        except TypeError as bind_exc:
+            exc = bind_exc
             accepted = [p.name for p in sig.parameters.values()
                         if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
             unknown = sorted(set(params) - set(accepted))
@@ -93,11 +118,6 @@ def instantiate(cls: type, params: dict, name: str) -> Any:
                 details.append(str(exc))
             raise LoadError("bad parameters for %s: %s; signature: %s"
                             % (name, "; ".join(details), signature_text(cls, name))) from None
-    try:
-        return cls(**params)
-    except Exception as exc:
-        raise LoadError("%s rejected its parameters: %s: %s"
-                        % (name, type(exc).__name__, exc)) from None
 
 
 def make_context(action: Any, context: ActionContext) -> Any:

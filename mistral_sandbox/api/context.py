@@ -24,12 +24,17 @@ def _from_dict(cls, data, what):
         return data
     if not isinstance(data, dict):
         raise ValueError("%s must be a mapping, got %s" % (what, type(data).__name__))
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(str(k) for k in data if k not in names)
-    if unknown:
-        raise ValueError("unknown %s field(s): %s (known: %s)"
-                         % (what, ", ".join(unknown), ", ".join(sorted(names))))
+    names = _field_names(cls)
+    for key in data:
+        if key not in names:
+            unknown = sorted(str(k) for k in data if k not in names)
+            raise ValueError("unknown %s field(s): %s (known: %s)"
+                             % (what, ", ".join(unknown), ", ".join(sorted(names))))
     return cls(**data)
+
+
+def _field_names(cls) -> frozenset:
+    return _FIELD_NAMES[cls]
 
 
 @dataclasses.dataclass(repr=False)
@@ -100,6 +105,10 @@ class ExecutionContext:
     def from_dict(cls, data: Optional[dict]) -> "ExecutionContext":
         """Build from a mapping; ``ValueError`` names unknown fields."""
         return _from_dict(cls, data, "execution context")
+
+
+_FIELD_NAMES = {cls: frozenset(f.name for f in dataclasses.fields(cls))
+                for cls in (SecurityContext, ExecutionContext)}
 
 
 class ActionContext:

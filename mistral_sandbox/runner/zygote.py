@@ -51,11 +51,14 @@ import sys
 import time
 from typing import Dict, List, Optional, Tuple
 
+import _signal
 import msgpack
 
 from mistral_sandbox.runner import child as child_mod
 from mistral_sandbox.runner import isolation, seccomp
 
+_CHILD_DEFAULT_SIGNALS = (int(signal.SIGCHLD), int(signal.SIGINT), int(signal.SIGTERM))
+_SIG_DFL = int(signal.SIG_DFL)
 MAX_PACKET = 1 << 16
 DRAIN_TIMEOUT = 5.0     # seconds to wait for swept processes to die
 DRAIN_POLL_MS = 20
@@ -348,9 +351,11 @@ class Zygote:
                 isolation.setns(self.pidns_fd, isolation.CLONE_NEWPID)
         if pid == 0:
             try:
-                signal.set_wakeup_fd(-1)
-                for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
-                    signal.signal(sig, signal.SIG_DFL)
+                # _signal, not signal: the latter's enum conversions touch (and so
+                # copy) dozens of pages in a fresh child
+                _signal.set_wakeup_fd(-1)
+                for sig in _CHILD_DEFAULT_SIGNALS:
+                    _signal.signal(sig, _SIG_DFL)
                 run()
             finally:
                 os._exit(126)
