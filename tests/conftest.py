@@ -79,12 +79,28 @@ class LeakCheck:
 
     def __init__(self, sandbox):
         self.sandbox = sandbox
+        # An outcome arrives while its process is still exiting: the baseline is taken
+        # once the previous test's executions have all been reaped.
+        deadline = time.monotonic() + 5
+        while sandbox.running_pids() and time.monotonic() < deadline:
+            time.sleep(0.005)
         self.fds = self.own_fds()
+        while time.monotonic() < deadline:  # (and no announcement is half-received)
+            time.sleep(0.005)
+            again = self.own_fds()
+            if again == self.fds:
+                break
+            self.fds = again
 
     def own_fds(self):
-        """Open fds, without those the sandbox holds for its idle warm children."""
-        warm = self.sandbox.warm_fds()
-        return {fd: what for fd, what in open_fds().items() if fd not in warm}
+        """Open fds, without those the sandbox holds for its idle warm children (a
+        warm child announced during the listing counts as warm: read before and after)."""
+        while True:
+            before = self.sandbox.warm_fds()
+            fds = open_fds()
+            after = self.sandbox.warm_fds()
+            if before == after:
+                return {fd: what for fd, what in fds.items() if fd not in after}
 
     def assert_clean(self):
         zpid = self.sandbox.zygote_info["pid"]
@@ -98,8 +114,9 @@ class LeakCheck:
             uid_procs = [pid for pid in sandbox_uid_processes() if pid not in warm]
             dirs = sorted(os.listdir(self.sandbox.scratch_dir))
             stray_dirs = [d for d in dirs if not d.startswith("w")]
-            settled = len(dirs) <= len(warm) and self.own_fds() == self.fds
-            if not (extra or uid_procs or stray_dirs) and settled \
+            settled = len(dirs) <= len(warm)
+            fds_back = self.own_fds() == self.fds
+            if not (extra or uid_procs or stray_dirs) and settled and fds_back \
                     or time.monotonic() > deadline:
                 break
             time.sleep(0.01)

@@ -69,7 +69,8 @@ class ActionRef:
     distribution: Optional[str] = None
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {"name": self.name, "target": self.target, "kind": self.kind,
+                "namespace": self.namespace, "distribution": self.distribution}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,10 +99,12 @@ class Catalog:
         self.namespaces = tuple(namespaces)
         self._lock = threading.Lock()
         self._entries: Optional[Dict[str, Dict[str, List[CatalogEntry]]]] = None
+        self._resolved: Dict[str, ActionRef] = {}  # reference string -> its resolution
 
     def refresh(self) -> None:
         with self._lock:
             self._entries = None
+            self._resolved = {}
 
     def _load(self) -> Dict[str, Dict[str, List[CatalogEntry]]]:
         with self._lock:
@@ -142,6 +145,14 @@ class Catalog:
         Raises :class:`InvalidReference`, :class:`UnknownAction` (with close
         matches) or :class:`AmbiguousAction` (naming every provider).
         """
+        resolved = self._resolved.get(ref) if isinstance(ref, str) else None
+        if resolved is None:
+            resolved = self._resolve(ref)
+            if len(self._resolved) < 4096:  # bounded: references come from callers
+                self._resolved[ref] = resolved
+        return resolved
+
+    def _resolve(self, ref: str) -> ActionRef:
         if not isinstance(ref, str):
             raise InvalidReference("action reference must be a string, got %s" % type(ref).__name__)
         ref = ref.strip()

@@ -76,7 +76,7 @@ class SecurityContext:
 
     def to_dict(self) -> dict:
         """All fields as plain data, *including the token*."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {name: getattr(self, name) for name in _FIELD_ORDER[SecurityContext]}
 
     @classmethod
     def from_dict(cls, data: Optional[dict]) -> "SecurityContext":
@@ -99,7 +99,7 @@ class ExecutionContext:
     workflow_propagated_headers: Optional[dict] = None
 
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {name: getattr(self, name) for name in _FIELD_ORDER[ExecutionContext]}
 
     @classmethod
     def from_dict(cls, data: Optional[dict]) -> "ExecutionContext":
@@ -107,8 +107,9 @@ class ExecutionContext:
         return _from_dict(cls, data, "execution context")
 
 
-_FIELD_NAMES = {cls: frozenset(f.name for f in dataclasses.fields(cls))
+_FIELD_ORDER = {cls: tuple(f.name for f in dataclasses.fields(cls))
                 for cls in (SecurityContext, ExecutionContext)}
+_FIELD_NAMES = {cls: frozenset(names) for cls, names in _FIELD_ORDER.items()}
 
 
 class ActionContext:

@@ -107,18 +107,25 @@ class _Channel:
                     "message": "the action failed and its error could not be encoded"}))
 
 
-class _LogHandler(logging.Handler):
-    """Forwards the action's log records to the parent as ``log`` frames."""
+# The channel log records go to: set by the child once it has one (None: dropped).
+CHANNEL: list = [None]
 
-    def __init__(self, channel: _Channel):
+
+class _LogHandler(logging.Handler):
+    """Forwards the action's log records to the parent as ``log`` frames (over
+    ``CHANNEL[0]``; installed by :func:`install_runtime` before the fork)."""
+
+    def __init__(self):
         super().__init__(logging.DEBUG)
-        self.channel = channel
 
     def emit(self, record: logging.LogRecord) -> None:
+        channel = CHANNEL[0]
+        if channel is None:
+            return
         try:
             text = self.format(record)[:MAX_LOG_MSG]
-            self.channel.send({"type": "log", "level": int(record.levelno), "msg": text,
-                               "logger": record.name})
+            channel.send({"type": "log", "level": int(record.levelno), "msg": text,
+                          "logger": record.name})
         except Exception:  # logging must never break the action
             pass
 
@@ -131,11 +138,12 @@ def _unwrap_result(value: Any) -> Dict[str, Any]:
     return {"data": value, "error": None, "cancel": False}
 
 
-def prepare(report: isolation.Report, *, keep: tuple, uid: Optional[int], scratch: str,
+def prepare(report: isolation.Report, *, stdio: tuple, uid: Optional[int], scratch: str,
             zygote_pid: int, network: bool) -> Optional[isolation.IsolationError]:
     """Every isolation step that does not depend on the request, in order.
 
-    Closes every fd but ``keep``. Returns the error of a required step that
+    Installs ``stdio`` (channel, stdout and stderr fds) as fds 3, 1 and 2 and
+    closes every other fd. Returns the error of a required step that
     failed (reported later, over the channel, as ``sandbox_error``) or None.
     """
     policy = POLICY
@@ -144,15 +152,19 @@ def prepare(report: isolation.Report, *, keep: tuple, uid: Optional[int], scratc
         # die with the zygote from the first instant (set again after the uid change,
         # which clears it): a child stopped mid-preparation must not outlive it
         isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)
+        isolation.set_thread_name(b"ms-child")
         if os.getppid() not in (zygote_pid, 0):  # 0: pid 1 of a new pid namespace
             os._exit(137)
         step(report, policy, "session", isolation.new_session, report)
         netns = isolation.SHARED_NETNS[0]
+        keep: tuple = ()
         if netns is not None and not network:
-            keep = keep + (netns,)  # joined (and closed) by the net_ns step
+            keep = (netns,)  # joined (and closed) by the net_ns step
         else:
             isolation.SHARED_NETNS[0] = None  # closed by the fds step
-        step(report, {}, "fds", isolation.close_fds_except, report, keep)  # always applied
+        kept = step(report, {}, "fds", isolation.setup_fds, report, stdio, keep)  # always
+        if keep:
+            isolation.SHARED_NETNS[0] = kept[0]  # (moved if it sat where stdio goes)
         step(report, policy, "environment", isolation.scrub_environment, report, scratch)
         step(report, policy, "scratch", isolation.make_scratch, report, scratch, uid)
         step(report, policy, "user_ns", isolation.user_namespace, report)
@@ -178,9 +190,8 @@ def main(channel_fd: int, out_fd: int, err_fd: int, *, exec_id: int, uid: Option
     code = EXIT_CHANNEL_LOST
     try:
         report = isolation.Report()
-        error = prepare(report, keep=(channel_fd, out_fd, err_fd), uid=uid, scratch=scratch,
+        error = prepare(report, stdio=(channel_fd, out_fd, err_fd), uid=uid, scratch=scratch,
                         zygote_pid=zygote_pid, network=network)
-        isolation.install_stdio(channel_fd, out_fd, err_fd)
         code = _serve(exec_id, max_frame, report, error, network)
     finally:
         _exit(code)
@@ -195,9 +206,8 @@ def main_warm(channel_fd: int, out_fd: int, err_fd: int, *, uid: Optional[int],
     try:
         report = isolation.Report()
         report.warm = True
-        error = prepare(report, keep=(channel_fd, out_fd, err_fd), uid=uid, scratch=scratch,
+        error = prepare(report, stdio=(channel_fd, out_fd, err_fd), uid=uid, scratch=scratch,
                         zygote_pid=zygote_pid, network=False)
-        isolation.install_stdio(channel_fd, out_fd, err_fd)
         if error is None and CEILING:
             error = _apply_limits(report, CEILING)
         code = _serve(None, max_frame, report, error, False)
@@ -262,7 +272,7 @@ def _serve(exec_id: Optional[int], max_frame: int, report: isolation.Report,
     the id from the request)."""
     sock = socket.socket(fileno=isolation.CHANNEL_FD)
     channel = _Channel(sock, exec_id)
-    _install_runtime(channel)
+    CHANNEL[0] = channel
     if exec_id is None:
         _rehearse(report)
     try:
@@ -392,13 +402,27 @@ class _ActionFailure(Exception):
     pass
 
 
-def _install_runtime(channel: _Channel) -> None:
-    """What the action finds set up: log records (and warnings) go to the channel."""
+def install_runtime(preloaded=()) -> None:
+    """What every action finds set up; done once, in the zygote, before any fork.
+
+    Log records (and warnings, shown once per place) go to the child's channel.
+    ``is_legacy`` is computed for the action classes of the ``preloaded``
+    modules, so a child need not inspect their signatures (each first touch of
+    a shared page costs a child a copy-on-write fault).
+    """
     root = logging.getLogger()
-    root.handlers[:] = [_LogHandler(channel)]
+    root.handlers[:] = [_LogHandler()]
     root.setLevel(logging.INFO)
     logging.captureWarnings(True)
     warnings.simplefilter("default")
+    for name in preloaded:
+        module = sys.modules.get(name)
+        for obj in list(vars(module).values()) if module is not None else ():
+            if isinstance(obj, type) and callable(getattr(obj, "run", None)):
+                try:
+                    api_base.is_legacy(obj)
+                except Exception:  # not our business here; the loader will tell
+                    pass
 
 
 def _run_action(request: Dict[str, Any], channel: Any) -> Dict[str, Any]:

@@ -21,6 +21,7 @@ the execution with ``sandbox_error`` naming the step), ``best_effort``
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import math
 import os
 import resource
@@ -180,6 +181,14 @@ def prctl(option: int, arg2: int = 0) -> None:
         raise OSError(err, os.strerror(err))
 
 
+PR_SET_NAME = 15
+
+
+def set_thread_name(name: bytes) -> None:
+    """Name the calling thread (what ``ps``/``top`` show; 15 bytes at most)."""
+    _libc.prctl(PR_SET_NAME, ctypes.c_char_p(name[:15]), 0, 0, 0)
+
+
 def new_session(report: Report) -> None:
     """Own session and process group (so the whole group can be killed)."""
     try:
@@ -200,36 +209,29 @@ def parent_death_signal(report: Report, expected_parent: int) -> None:
     report.ok("pdeathsig")
 
 
-def close_fds_except(report: Report, keep) -> None:
-    """stdin/stdout/stderr → /dev/null; every other fd closed except ``keep``."""
+def setup_fds(report: Report, stdio, keep=()) -> None:
+    """The child's fd table: 0 → /dev/null; 1, 2 → ``stdio``'s out/err pipes; 3 → its
+    channel; every other fd closed except ``keep``. ``stdio`` is (channel, out, err)."""
     try:
         devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            if fd not in keep and fd != devnull:
-                os.dup2(devnull, fd)
-        low = 3
-        for fd in sorted(k for k in keep if k >= 3) + [_max_fd()]:
+        # move what we keep above 3 first, so the dup2s below cannot clobber it
+        moved = [fd if fd > CHANNEL_FD else fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+                 for fd in (devnull,) + tuple(stdio) + tuple(keep)]
+        devnull, channel, out, err = moved[:4]
+        keep = moved[4:]
+        os.dup2(devnull, 0)
+        os.dup2(out, 1)
+        os.dup2(err, 2)
+        os.dup2(channel, CHANNEL_FD, inheritable=False)
+        low = CHANNEL_FD + 1
+        for fd in sorted(keep) + [_max_fd()]:
             if fd > low:
                 os.closerange(low, fd)
             low = fd + 1
-        if devnull >= 3 and devnull not in keep:
-            try:
-                os.close(devnull)
-            except OSError:
-                pass
     except OSError as exc:
         raise IsolationError("fds", str(exc)) from None
     report.ok("fds")
-
-
-def install_stdio(channel: int, out: int, err: int) -> None:
-    """Capture pipes on 1 and 2, the channel on fd 3, everything else closed."""
-    # fds 0-2 are open (/dev/null), so the ones we got are all >= 3
-    os.dup2(out, 1)
-    os.dup2(err, 2)
-    if channel != CHANNEL_FD:
-        os.dup2(channel, CHANNEL_FD, inheritable=False)
-    os.closerange(CHANNEL_FD + 1, _max_fd())
+    return keep
 
 
 def _max_fd() -> int:
@@ -237,16 +239,22 @@ def _max_fd() -> int:
     return hard if hard != resource.RLIM_INFINITY and hard < 1 << 20 else 1 << 20
 
 
-def scrub_environment(report: Report, scratch: str) -> None:
-    """Replace the environment with a minimal allow-listed one."""
+BASE_ENVIRONMENT = {"PATH": SAFE_PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+
+
+def scrub_base_environment() -> None:
+    """Replace this process's environment with :data:`BASE_ENVIRONMENT` (the zygote does
+    it once; its children then only add HOME and TMPDIR)."""
     os.environ.clear()
-    os.environ.update({
-        "PATH": SAFE_PATH,
-        "HOME": scratch,
-        "TMPDIR": scratch,
-        "LANG": "C.UTF-8",
-        "LC_ALL": "C.UTF-8",
-    })
+    os.environ.update(BASE_ENVIRONMENT)
+
+
+def scrub_environment(report: Report, scratch: str) -> None:
+    """The minimal allow-listed environment, with HOME and TMPDIR the scratch directory."""
+    if len(os.environ) != len(BASE_ENVIRONMENT):  # the zygote did not scrub it
+        scrub_base_environment()
+    os.environ["HOME"] = scratch
+    os.environ["TMPDIR"] = scratch
     report.ok("environment")
 
 

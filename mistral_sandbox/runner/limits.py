@@ -89,7 +89,19 @@ class Limits:
         return cls(**out)
 
     def to_dict(self, human: bool = False) -> Dict[str, Any]:
-        """Set fields only; ``human=True`` renders sizes/times with units."""
+        """Set fields only; ``human=True`` renders sizes/times with units.
+
+        (Computed once per instance — limits are immutable; a fresh copy each call.)
+        """
+        cache = self.__dict__.get("_as_dict")
+        if cache is None:
+            cache = self.__dict__["_as_dict"] = {}
+        out = cache.get(human)
+        if out is None:
+            out = cache[human] = self._to_dict(human)
+        return dict(out)
+
+    def _to_dict(self, human: bool) -> Dict[str, Any]:
         out = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)

@@ -34,7 +34,7 @@ import msgpack
 
 import mistral_sandbox
 from mistral_sandbox.actions import catalog as catalog_mod
-from mistral_sandbox.api.context import REDACTED
+from mistral_sandbox.api.context import REDACTED, ActionContext
 from mistral_sandbox.api.types import Result
 from mistral_sandbox.runner import child as child_mod
 from mistral_sandbox.runner import isolation as isolation_mod
@@ -553,6 +553,7 @@ class Sandbox:
             pass
 
     def _loop(self) -> None:
+        isolation_mod.set_thread_name(b"ms-sandbox-io")
         try:
             while True:
                 with self._lock:
@@ -1063,12 +1064,15 @@ def protocol_max_packet() -> int:
     return 1 << 16
 
 
+_EMPTY_CONTEXT = ActionContext().to_dict()
+
+
 def _context_dict(context: Any) -> Dict[str, Any]:
     """An ActionContext, its dict, or None → a validated, fresh dict."""
-    from mistral_sandbox.api.context import ActionContext
     if context is None:
-        ctx = ActionContext()
-    elif isinstance(context, ActionContext):
+        empty = _EMPTY_CONTEXT
+        return {"security": dict(empty["security"]), "execution": dict(empty["execution"])}
+    if isinstance(context, ActionContext):
         ctx = context
     elif isinstance(context, Mapping):
         ctx = ActionContext.from_dict(dict(context))

@@ -203,6 +203,7 @@ class Zygote:
         self.wake_r, self.wake_w = r, w
 
     def start(self) -> None:
+        isolation.set_thread_name(b"ms-zygote")
         isolation.prctl(isolation.PR_SET_CHILD_SUBREAPER, 1)
         if self.root:
             self.free_uids = claim_uids(self.cfg["uid_lock_dir"], int(self.cfg["uid_start"]),
@@ -236,6 +237,7 @@ class Zygote:
                 isolation.SECCOMP_UNAVAILABLE[0] = str(exc)
         unreadable = unreadable_paths(sys.path) if self.root else []
         child_mod.UNREADABLE_PATHS[:] = unreadable
+        child_mod.install_runtime(self.cfg.get("preload", ()))
         gc.freeze()  # keep preloaded objects out of the children's GC: fewer COW faults
         self.send({"op": "hello", "pid": self.pid, "root": self.root,
                    "uids": list(self.free_uids), "unreadable_paths": unreadable,
@@ -593,6 +595,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     cfg = json.loads(argv[0])
     os.umask(0o077)
+    isolation.scrub_base_environment()  # once, for every child
     sys.path[:0] = cfg.get("extra_path", [])
     for name in cfg.get("preload", ()):
         importlib.import_module(name)
