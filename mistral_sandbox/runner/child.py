@@ -172,6 +172,7 @@ def prepare(report: isolation.Report, *, stdio: tuple, uid: Optional[int], scrat
         # pid 1 of its own namespace: the parent (the zygote) is outside it, seen as 0
         parent = 0 if PID_NS[0] == "" else zygote_pid
         step(report, policy, "net_ns", isolation.net_namespace, report, network)
+        isolation.unshare_together(policy)
         step(report, policy, "mount_ns", isolation.mount_namespace, report, scratch)
         step(report, policy, "ipc_ns", isolation.ipc_namespace, report)
         step(report, policy, "uts_ns", isolation.uts_namespace, report)

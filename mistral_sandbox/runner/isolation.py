@@ -481,9 +481,31 @@ def net_namespace(report: Report, network: bool) -> None:
     report.ok("net_ns")
 
 
+# namespaces already created by unshare_together() in this process (CLONE_* flags)
+UNSHARED: List[int] = []
+
+
+def unshare_together(policy: Dict[str, str]) -> None:
+    """One ``unshare`` for the mount, ipc and uts steps the policy enables (one syscall
+    instead of three); if it fails, each step tries alone and reports its own error."""
+    flags = 0
+    for step, flag in (("mount_ns", CLONE_NEWNS), ("ipc_ns", CLONE_NEWIPC),
+                       ("uts_ns", CLONE_NEWUTS)):
+        if policy.get(step, REQUIRED) != OFF:
+            flags |= flag
+    if flags and _libc.unshare(ctypes.c_int(flags)) == 0:
+        UNSHARED[:] = [flag for flag in (CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUTS)
+                       if flags & flag]
+
+
+def _unshare_once(flag: int, what: str) -> None:
+    if flag not in UNSHARED:
+        unshare(flag, what)
+
+
 def mount_namespace(report: Report, scratch: str) -> None:
     """Private mount namespace: everything read-only except the scratch directory."""
-    unshare(CLONE_NEWNS, "mnt")
+    _unshare_once(CLONE_NEWNS, "mnt")
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     _mount(scratch, scratch, None, MS_BIND | MS_NOSUID | MS_NODEV)
     if IN_PID_NS[0]:  # a /proc that shows only this namespace's processes
@@ -501,12 +523,12 @@ def mount_namespace(report: Report, scratch: str) -> None:
 
 
 def ipc_namespace(report: Report) -> None:
-    unshare(CLONE_NEWIPC, "ipc")
+    _unshare_once(CLONE_NEWIPC, "ipc")
     report.ok("ipc_ns")
 
 
 def uts_namespace(report: Report) -> None:
-    unshare(CLONE_NEWUTS, "uts")
+    _unshare_once(CLONE_NEWUTS, "uts")
     name = b"sandbox"
     _check(_libc.sethostname(name, ctypes.c_size_t(len(name))), "sethostname")
     report.ok("uts_ns")
