@@ -55,6 +55,7 @@ if isinstance(value, Result):
 sys.stdout.buffer.write(msgpack.packb(value, use_bin_type=True))
 """
 
+PACED_RATES = (100, 250)  # requests per second, one at a time
 ECHO = "mistral_sandbox.actions.std:EchoAction"
 NOOP = "mistral_sandbox.actions.std:NoOpAction"
 
@@ -131,6 +132,31 @@ def machine_facts() -> Dict[str, Any]:
             "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
+def paced(fn: Callable[[], Any], n: int, rate: float, label: str,
+          progress: Progress) -> List[float]:
+    """Latency of ``fn`` called one at a time on a fixed schedule of ``rate`` per second
+    (an executor receiving work at that rate); a late call starts the next at once."""
+    out = []
+    start = time.perf_counter()
+    for i in range(n):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+        progress.show(label, i + 1, n)
+    return out
+
+
+def busy_cpu_seconds() -> float:
+    """CPU time the whole machine spent busy since boot (every process, kernel included)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    busy = sum(fields) - fields[3] - fields[4]  # minus idle and iowait
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 def throughput(sandbox, submitters: int, per_submitter: int, params: dict,
                ref: str = "std.echo") -> Dict[str, Any]:
     lat: List[float] = []
@@ -149,14 +175,17 @@ def throughput(sandbox, submitters: int, per_submitter: int, params: dict,
             lat.extend(mine)
 
     threads = [threading.Thread(target=work) for _ in range(submitters)]
+    cpu0 = busy_cpu_seconds()
     t0 = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
+    cpu = busy_cpu_seconds() - cpu0
     result = stats(lat)
-    result.update(submitters=submitters, per_second=len(lat) / wall, errors=len(errors))
+    result.update(submitters=submitters, per_second=len(lat) / wall, errors=len(errors),
+                  action=ref, cpu_ms_per_execution=1e3 * cpu / max(1, len(lat)))
     return result
 
 
@@ -204,6 +233,10 @@ def run(quick: bool = False, soak: int = 0, isolation: Optional[dict] = None,
 
         lat["sandbox noop"] = stats(timed(lambda: check(sb.run("std.noop")), n,
                                           "sandbox noop", progress))
+        for rate in PACED_RATES:
+            lat["sandbox noop @%d/s" % rate] = stats(paced(
+                lambda: check(sb.run("std.noop")), n, rate, "sandbox noop @%d/s" % rate,
+                progress))
         lat["sandbox echo 1KB"] = stats(timed(lambda: check(sb.run("std.echo", {"output": kb})),
                                               n, "sandbox echo 1KB", progress))
         lat["sandbox echo 1MB"] = stats(timed(lambda: check(sb.run("std.echo", {"output": mb})),
@@ -225,10 +258,11 @@ def run(quick: bool = False, soak: int = 0, isolation: Optional[dict] = None,
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        per = 50 if quick else 200
-        for k in (1, 2, 4, 8):
-            progress.show("throughput, %d submitters" % k, 0, 1)
-            report["throughput"].append(throughput(sb, k, max(10, per // k), {"output": kb}))
+        total = 200 if quick else 1500
+        for ref, params in (("std.noop", {}), ("std.echo", {"output": kb})):
+            for k in (1, 2, 4, 8):
+                progress.show("throughput %s, %d submitters" % (ref, k), 0, 1)
+                report["throughput"].append(throughput(sb, k, total // k, params, ref))
         stop.set()
         sampler.join()
         report["memory"]["load_supervisor_plus_zygote_peak_rss"] = peak["rss"]
@@ -268,10 +302,14 @@ def run(quick: bool = False, soak: int = 0, isolation: Optional[dict] = None,
 
     floor = lat["fork-floor"]["p50_ms"]
     sandbox = lat["sandbox noop"]["p50_ms"]
+    paced_p50 = lat["sandbox noop @%d/s" % PACED_RATES[0]]["p50_ms"]
+    fresh = lat["fresh-interpreter noop"]["p50_ms"]
     report["ratios"] = {
         "sandbox_noop_over_fork_floor_p50": sandbox / floor,
-        "fresh_interpreter_over_sandbox_p50": lat["fresh-interpreter noop"]["p50_ms"] / sandbox,
+        "fresh_interpreter_over_sandbox_p50": fresh / sandbox,
         "sandbox_over_in_process_p50": sandbox / lat["in-process noop"]["p50_ms"],
+        "paced_sandbox_noop_over_fork_floor_p50": paced_p50 / floor,
+        "fresh_interpreter_over_paced_sandbox_p50": fresh / paced_p50,
     }
     return report
 
@@ -282,16 +320,22 @@ def format_table(report: Dict[str, Any]) -> str:
         row = (name, s["p50_ms"], s["p95_ms"], s["p99_ms"], s["n"])
         lines.append("%-28s %9.3f %9.3f %9.3f %9d" % row)
     lines.append("")
-    lines.append("%-28s %9s %9s %9s" % ("throughput (echo 1KB)", "per s", "p50 ms", "p99 ms"))
+    lines.append("%-28s %9s %9s %9s %9s" % ("throughput", "per s", "p50 ms", "p99 ms",
+                                            "CPU ms"))
     for t in report["throughput"]:
-        row = ("%d submitters" % t["submitters"], t["per_second"], t["p50_ms"], t["p99_ms"])
-        lines.append("%-28s %9.0f %9.3f %9.3f" % row)
+        what = {"std.noop": "noop", "std.echo": "echo 1KB"}.get(t.get("action"), t.get("action"))
+        row = ("%s, %d submitters" % (what, t["submitters"]), t["per_second"], t["p50_ms"],
+               t["p99_ms"], t.get("cpu_ms_per_execution", 0))
+        lines.append("%-28s %9.0f %9.3f %9.3f %9.2f" % row)
+    lines.append("(CPU ms: busy CPU time of the whole machine per execution)")
     lines.append("")
     r = report["ratios"]
-    lines.append("ratios (p50): sandbox/fork-floor %.1fx   fresh-interpreter/sandbox %.1fx   "
-                 "sandbox/in-process %.0fx" % (r["sandbox_noop_over_fork_floor_p50"],
-                                               r["fresh_interpreter_over_sandbox_p50"],
-                                               r["sandbox_over_in_process_p50"]))
+    lines.append("ratios (p50): sandbox/fork-floor %.1fx (paced %.1fx)   fresh-interpreter/"
+                 "sandbox %.1fx (paced %.1fx)" % (
+                     r["sandbox_noop_over_fork_floor_p50"],
+                     r.get("paced_sandbox_noop_over_fork_floor_p50", 0),
+                     r["fresh_interpreter_over_sandbox_p50"],
+                     r.get("fresh_interpreter_over_paced_sandbox_p50", 0)))
     m = report["memory"]
     lines.append("memory: idle supervisor %.1f MiB + zygote %.1f MiB; peak under load %.1f MiB;"
                  " child max RSS p50 %.1f MiB" % (

@@ -73,6 +73,12 @@ CHANNEL_FD = 3
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 _libc = ctypes.CDLL(None, use_errno=True)
+# Resolved now (in the zygote), not on first use in each child: a CDLL attribute is
+# created on first access, which a fresh child would pay for in allocations and
+# copy-on-write faults for every function it calls.
+for _name in ("prctl", "capset", "unshare", "mount", "syscall", "setns", "sethostname"):
+    getattr(_libc, _name)
+del _name
 # The same libc, called with the GIL held (for fork: see fork_light).
 _libc_gil = ctypes.PyDLL(None, use_errno=True)
 _libc_gil.fork.restype = ctypes.c_int

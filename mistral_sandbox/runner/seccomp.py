@@ -143,6 +143,7 @@ class Program:
         self._buf = ctypes.create_string_buffer(bpf, len(bpf))
         self._prog = _SockFprog(len(bpf) // 8, ctypes.addressof(self._buf))
         self._libc = ctypes.CDLL(None, use_errno=True)
+        self._libc.prctl  # resolved in the zygote, not in every child (see isolation)
         self.instructions = len(bpf) // 8
 
     def load(self) -> None:

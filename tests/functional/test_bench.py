@@ -1,5 +1,7 @@
 """The benchmark's measuring pieces work (no timing is asserted here)."""
 
+import time
+
 from mistral_sandbox import bench
 from mistral_sandbox.actions.std import NoOpAction
 
@@ -24,3 +26,21 @@ def test_stats_and_table_shapes():
 def test_throughput_counts_every_execution(sandbox, clean):
     r = bench.throughput(sandbox, 2, 5, {"output": "x"})
     assert r["n"] == 10 and r["errors"] == 0 and r["per_second"] > 0
+    assert r["action"] == "std.echo" and r["cpu_ms_per_execution"] > 0
+
+
+def test_paced_calls_keep_their_schedule():
+    calls = []
+    samples = bench.paced(lambda: calls.append(time.perf_counter()), 5, 50.0, "x",
+                          bench.Progress(False))
+    assert len(samples) == 5 and len(calls) == 5
+    # one call per 20 ms slot: the 5th call cannot start before 80 ms after the first
+    assert calls[-1] - calls[0] >= 4 / 50.0 * 0.99
+
+
+def test_busy_cpu_seconds_grows_with_work():
+    before = bench.busy_cpu_seconds()
+    deadline = time.process_time() + 0.05
+    while time.process_time() < deadline:
+        pass
+    assert bench.busy_cpu_seconds() > before
