@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import os
 import resource
-import signal
 import socket
 import sys
 import traceback
@@ -48,6 +47,7 @@ POLICY: Dict[str, str] = dict(isolation.DEFAULT_POLICY)  # isolation step -> lev
 SECCOMP: Dict[bool, Any] = {}  # network allowed? -> compiled seccomp.Program
 PID_NS: list = [None]  # "" if forked as pid 1 of a new pid namespace, else why not
 CEILING: Dict[str, Any] = {}  # the operator's limits: applied ahead by warm children
+CEILING_PLAN: list = []  # isolation.rlimit_plan(CEILING), computed by the zygote
 
 EXIT_OK = 0
 EXIT_CHANNEL_LOST = 125
@@ -151,7 +151,7 @@ def prepare(report: isolation.Report, *, stdio: tuple, uid: Optional[int], scrat
     try:
         # die with the zygote from the first instant (set again after the uid change,
         # which clears it): a child stopped mid-preparation must not outlive it
-        isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)
+        isolation.prctl(isolation.PR_SET_PDEATHSIG, isolation.SIGKILL)
         isolation.set_thread_name(b"ms-child")
         if os.getppid() not in (zygote_pid, 0):  # 0: pid 1 of a new pid namespace
             os._exit(137)
@@ -210,7 +210,7 @@ def main_warm(channel_fd: int, out_fd: int, err_fd: int, *, uid: Optional[int],
         error = prepare(report, stdio=(channel_fd, out_fd, err_fd), uid=uid, scratch=scratch,
                         zygote_pid=zygote_pid, network=False)
         if error is None and CEILING:
-            error = _apply_limits(report, CEILING)
+            error = _apply_limits(report, CEILING, CEILING_PLAN or None)
         code = _serve(None, max_frame, report, error, False)
     finally:
         _exit(code)
@@ -293,13 +293,14 @@ def _serve(exec_id: Optional[int], max_frame: int, report: isolation.Report,
         _release_streams(sock)
 
 
-def _apply_limits(report: isolation.Report,
-                  limits: Dict[str, Any]) -> Optional[isolation.IsolationError]:
+def _apply_limits(report: isolation.Report, limits: Dict[str, Any],
+                  plan=None) -> Optional[isolation.IsolationError]:
     """The rlimits step for ``limits``, unless exactly these are applied already."""
     if APPLIED_LIMITS and APPLIED_LIMITS[0] == limits:
         return None
     try:
-        isolation.apply_step(report, POLICY, "rlimits", isolation.apply_rlimits, report, limits)
+        isolation.apply_step(report, POLICY, "rlimits", isolation.apply_rlimits, report, limits,
+                             plan)
     except isolation.IsolationError as exc:
         return exc
     APPLIED_LIMITS[:] = [dict(limits)]

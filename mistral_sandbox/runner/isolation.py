@@ -20,6 +20,7 @@ the execution with ``sandbox_error`` naming the step), ``best_effort``
 
 from __future__ import annotations
 
+import _signal
 import ctypes
 import fcntl
 import math
@@ -207,7 +208,7 @@ def new_session(report: Report) -> None:
 def parent_death_signal(report: Report, expected_parent: int) -> None:
     """SIGKILL this process if the zygote dies; must follow any uid change."""
     try:
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        prctl(PR_SET_PDEATHSIG, SIGKILL)
     except OSError as exc:
         raise IsolationError("pdeathsig", str(exc)) from None
     if os.getppid() != expected_parent:  # zygote already gone
@@ -293,32 +294,46 @@ _RLIMITS = (
 )
 
 
-def apply_rlimits(report: Report, limits: Dict[str, Any]) -> None:
-    """Kernel rlimits for every limit that has one (soft = hard, except CPU)."""
-    plan = [(getattr(resource, name), field, limits.get(field), limits.get(field))
-            for field, name in _RLIMITS if limits.get(field) is not None]
+def rlimit_plan(limits: Dict[str, Any]) -> List[Any]:
+    """``[(resource, field, soft, hard)]`` for ``limits`` (soft = hard, except CPU), never
+    above the current hard limits. The zygote computes its ceiling's plan once; its
+    children inherit both the plan and the limits it was clamped against."""
+    plan = []
+    for field, name in _RLIMITS:
+        value = limits.get(field)
+        if value is not None:
+            plan.append((getattr(resource, name), field, int(value), int(value)))
     cpu = limits.get("cpu_time")
     if cpu is not None:
         soft = max(1, math.ceil(cpu))
         plan.append((resource.RLIMIT_CPU, "cpu_time", soft, soft + 1))  # SIGXCPU, then SIGKILL
+    out = []
     for res, field, soft, hard in plan:
+        cur_hard = resource.getrlimit(res)[1]
+        if cur_hard != resource.RLIM_INFINITY:
+            hard = min(hard, cur_hard)
+            soft = min(soft, hard)
+        out.append((res, field, soft, hard))
+    return out
+
+
+def apply_rlimits(report: Report, limits: Dict[str, Any], plan=None) -> None:
+    """Kernel rlimits for every limit that has one (``plan``: :func:`rlimit_plan` of
+    ``limits``, if already computed)."""
+    for res, field, soft, hard in plan if plan is not None else rlimit_plan(limits):
         try:
-            _lower(res, int(soft), int(hard))
+            resource.setrlimit(res, (soft, hard))
         except (OSError, ValueError) as exc:
             raise IsolationError("rlimits", "%s=%s: %s" % (field, soft, exc)) from None
     if limits.get("file_size") is not None:
         # over-size writes fail with EFBIG instead of killing the process
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        _signal.signal(_SIGXFSZ, _SIG_IGN)
     if "rlimits" not in report.applied:  # applied ahead, then lowered for the request
         report.ok("rlimits")
 
 
-def _lower(res: int, soft: int, hard: int) -> None:
-    cur_soft, cur_hard = resource.getrlimit(res)
-    if cur_hard != resource.RLIM_INFINITY:
-        hard = min(hard, cur_hard)
-        soft = min(soft, hard)
-    resource.setrlimit(res, (soft, hard))
+_SIGXFSZ, _SIG_IGN = int(signal.SIGXFSZ), int(signal.SIG_IGN)
+SIGKILL = int(signal.SIGKILL)  # a plain int: no enum touched in a child
 
 
 class _CapHeader(ctypes.Structure):

@@ -220,6 +220,7 @@ class Zygote:
         child_mod.POLICY.update(self.cfg.get("policy") or isolation.DEFAULT_POLICY)
         child_mod.CEILING.clear()
         child_mod.CEILING.update(self.cfg.get("ceiling") or {})
+        child_mod.CEILING_PLAN[:] = isolation.rlimit_plan(child_mod.CEILING)
         if child_mod.POLICY.get("pid_ns") != isolation.OFF:
             self.pidns_fd = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         if child_mod.POLICY.get("net_ns") != isolation.OFF and self.root:
