@@ -139,7 +139,8 @@ def unpackb(body: bytes) -> Any:
         raise ProtocolError("undecodable message: %s: %s" % (type(exc).__name__, exc)) from None
     except Exception as exc:  # any other decoder complaint is still the peer's fault
         raise ProtocolError("undecodable message: %s: %s" % (type(exc).__name__, exc)) from None
-    if not depth_ok(obj):
+    # every nesting level costs at least one byte: a short body cannot be too deep
+    if len(body) > MAX_DEPTH and not depth_ok(obj):
         raise ProtocolError("message nested deeper than %d levels" % MAX_DEPTH)
     return obj
 

@@ -1,4 +1,5 @@
 import datetime
+import functools
 import socket
 import struct
 
@@ -113,3 +114,13 @@ def test_blocking_read_frame_over_a_socketpair():
     finally:
         a.close()
         b.close()
+
+
+def test_depth_limit_holds_at_the_boundary():
+    """Short bodies skip the depth walk (each level costs a byte): check both sides."""
+    def nested(levels):
+        return msgpack.packb(functools.reduce(lambda inner, _: [inner], range(levels - 1), []))
+    assert len(nested(protocol.MAX_DEPTH)) == protocol.MAX_DEPTH
+    protocol.unpackb(nested(protocol.MAX_DEPTH))  # exactly the limit: accepted
+    with pytest.raises(protocol.ProtocolError, match="nested deeper"):
+        protocol.unpackb(nested(protocol.MAX_DEPTH + 1))
