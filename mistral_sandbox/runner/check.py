@@ -23,14 +23,15 @@ STEP_DESCRIPTIONS = {
     "scratch": "private scratch dir as cwd/HOME/TMPDIR, removed afterwards",
     "rlimits": "kernel rlimits: address space, CPU, files, processes, file size, core",
     "user_ns": "user namespace (non-root only)",
-    "pid_ns": "pid namespace with its own init: sees only itself; all of it dies at the end",
-    "net_ns": "network namespace: no interfaces but a down loopback",
+    "pid_ns": "pid namespace, the action as its pid 1: sees only itself; all of it dies "
+              "with it",
+    "net_ns": "network namespace (one empty one, shared): no interfaces but a down loopback",
     "mount_ns": "mount namespace: host read-only, only the scratch dir writable",
     "ipc_ns": "IPC namespace: no shared SysV/POSIX IPC with the host",
     "uts_ns": "UTS namespace: hostname 'sandbox'",
     "no_new_privs": "PR_SET_NO_NEW_PRIVS: setuid binaries grant nothing",
     "seccomp": "seccomp filter: ptrace, mount, bpf, kexec, keyctl, perf, unshare, "
-               "setns, inet sockets (network off)... refused",
+               "setns, every socket family but netlink (network off)... refused",
     "uid": "unprivileged per-execution uid (root); not root: every capability dropped",
     "pdeathsig": "SIGKILL if the zygote dies",
 }
