@@ -201,17 +201,20 @@ def main(channel_fd: int, out_fd: int, err_fd: int, *, exec_id: int, uid: Option
 def main_warm(channel_fd: int, out_fd: int, err_fd: int, *, uid: Optional[int],
               scratch: str, zygote_pid: int, max_frame: int) -> None:
     """Warm path: isolate and apply the operator's limits first, then wait for one
-    request on the channel (the supervisor writes it there directly). Never returns.
+    request on the channel (the supervisor writes it there directly). Prepared for the
+    ceiling's network setting (the supervisor sends only requests with that setting).
+    Never returns.
     """
     code = EXIT_CHANNEL_LOST
+    network = bool(CEILING.get("network"))
     try:
         report = isolation.Report()
         report.warm = True
         error = prepare(report, stdio=(channel_fd, out_fd, err_fd), uid=uid, scratch=scratch,
-                        zygote_pid=zygote_pid, network=False)
+                        zygote_pid=zygote_pid, network=network)
         if error is None and CEILING:
             error = _apply_limits(report, CEILING, CEILING_PLAN or None)
-        code = _serve(None, max_frame, report, error, False)
+        code = _serve(None, max_frame, report, error, network)
     finally:
         _exit(code)
 

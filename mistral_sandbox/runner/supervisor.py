@@ -653,7 +653,8 @@ class Sandbox:
 
     def _start(self, ex: _Execution) -> None:
         """Hand ``ex`` to an idle warm child, or ask the zygote to fork one for it."""
-        if self._idle and not ex.limits.network:
+        if self._idle and bool(ex.limits.network) == bool(self.ceiling.network):
+            # (warm children are prepared for the ceiling's network setting)
             w = self._idle.popleft()
             self._warm_pids = frozenset(x.pid for x in self._idle)
             self._pending_taken.add(w.slot)

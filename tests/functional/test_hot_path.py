@@ -1,0 +1,102 @@
+"""The hot path: warm children take requests straight from the supervisor, outcomes are
+delivered on reply + EOF, the pool refills, and what children share is empty."""
+
+import concurrent.futures
+import dataclasses
+import os
+import signal
+import time
+
+import psutil
+
+from mistral_sandbox.runner.limits import DEFAULT_CEILING
+from mistral_sandbox.runner.supervisor import Sandbox
+from tests.conftest import FIXTURES
+
+
+def wait_for(condition, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def test_a_request_runs_in_a_child_that_was_waiting_warm(sandbox, clean):
+    assert wait_for(lambda: len(sandbox.warm_pids()) > 0)
+    warm = set(sandbox.warm_pids())
+    fut = sandbox.submit("std.sleep", {"seconds": 0.3})
+    assert wait_for(lambda: sandbox.running_pids())
+    (pid,) = sandbox.running_pids().values()
+    assert pid in warm  # no fork on the request's path
+    assert fut.result(timeout=30).ok
+    # the pool is refilled with new children, never with a used one
+    assert wait_for(lambda: len(sandbox.warm_pids()) == len(warm))
+    assert pid not in sandbox.warm_pids()
+
+
+def test_outcome_arrives_before_the_slot_is_freed(no_leaks):
+    """Delivered on reply + EOF; the execution holds its slot until the zygote reaped it."""
+    with Sandbox(max_workers=1, extra_path=[FIXTURES]) as sb:
+        out = sb.run("std.noop")
+        assert out.ok and out.usage.source == "child" and out.exit_status is None
+        # the slot comes back once the exit is reported: the next run is not refused
+        assert wait_for(lambda: not sb.running_pids())
+        assert sb.run("std.noop").ok
+
+
+def test_processes_are_named(sandbox, clean):
+    assert wait_for(lambda: len(sandbox.warm_pids()) > 0)
+    assert psutil.Process(sandbox.zygote_info["pid"]).name() == "ms-zygote"
+    assert wait_for(lambda: all(psutil.Process(p).name() == "ms-child"
+                                for p in sandbox.warm_pids()))
+    me = psutil.Process()
+    names = set()
+    for thread in me.threads():
+        with open("/proc/self/task/%d/comm" % thread.id) as f:
+            names.add(f.read().strip())
+    assert "ms-sandbox-io" in names
+
+
+def test_children_without_network_share_one_empty_namespace(sandbox, clean):
+    host = os.readlink("/proc/self/ns/net")
+    a = sandbox.run("sample_actions:NetNamespace")
+    b = sandbox.run("sample_actions:NetNamespace")
+    assert a.ok and b.ok, (a.message, b.message)
+    if "net_ns" in a.isolation["applied"]:
+        assert a.result.data == b.result.data != host
+        assert sandbox.zygote_info["netns"] == "shared"
+
+
+def test_with_network_a_child_is_in_the_hosts_namespace(no_leaks):
+    """Warm children are prepared for the ceiling's network setting."""
+    host = os.readlink("/proc/self/ns/net")
+    ceiling = dataclasses.replace(DEFAULT_CEILING, network=True)
+    with Sandbox(max_workers=2, ceiling=ceiling, extra_path=[FIXTURES]) as sb:
+        assert wait_for(lambda: len(sb.warm_pids()) > 0)
+        warm = set(sb.warm_pids())
+        fut = sb.submit("sample_actions:NetNamespace")
+        with_net = fut.result(timeout=30)
+        assert with_net.ok and with_net.result.data == host
+        assert with_net.isolation["prepared_ahead"] is True and warm
+        without = sb.run("sample_actions:NetNamespace", limits={"network": False})
+        assert without.ok and without.result.data != host
+        assert without.isolation["prepared_ahead"] is False  # forked for it
+
+
+def test_an_idle_warm_child_that_dies_is_forgotten(sandbox, then_works):
+    assert wait_for(lambda: len(sandbox.warm_pids()) > 0)
+    victim = sorted(sandbox.warm_pids())[0]
+    os.kill(victim, signal.SIGKILL)  # e.g. the OOM killer picked it
+    assert wait_for(lambda: victim not in sandbox.warm_pids())
+    futures = [sandbox.submit("std.echo", {"output": i}) for i in range(8)]
+    outs = [f.result(timeout=30) for f in concurrent.futures.as_completed(futures)]
+    assert sorted(o.result.data for o in outs) == list(range(8))
+
+
+def test_per_call_limits_still_apply_in_a_warm_child(sandbox, then_works):
+    """Warm children have the operator's ceiling applied ahead; a request's own,
+    tighter limits are applied when it arrives."""
+    out = sandbox.run("hostile_actions:FillsDisk", limits={"file_size": "1MiB"})
+    assert out.ok and out.result.data["error"] == "EFBIG", out.result
