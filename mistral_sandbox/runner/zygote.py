@@ -52,6 +52,7 @@ import time
 from typing import Dict, List, Optional, Tuple
 
 import _signal
+import _socket
 import msgpack
 
 from mistral_sandbox.runner import child as child_mod
@@ -79,6 +80,20 @@ class _Child:
         self.uid = uid
         self.scratch = scratch
         self.contained = contained
+
+
+def _child_start(run) -> None:
+    """First thing in a new child: drop the zygote's signal plumbing, then ``run()``;
+    never returns. (As little as possible runs here: in a fresh child every object
+    touched costs a copy-on-write fault. ``_signal``, not ``signal``: the latter's enum
+    conversions touch dozens of pages.)"""
+    try:
+        _signal.set_wakeup_fd(-1)
+        for sig in _CHILD_DEFAULT_SIGNALS:
+            _signal.signal(sig, _SIG_DFL)
+        run()
+    finally:
+        os._exit(126)
 
 
 def claim_uids(lock_dir: str, start: int, count: int, want: int) -> List[int]:
@@ -182,6 +197,7 @@ def unreadable_paths(paths: List[str]) -> List[str]:
 class Zygote:
     def __init__(self, ctl: socket.socket, cfg: dict):
         self.ctl = ctl
+        self.ctl_fd = ctl.fileno()
         self.cfg = cfg
         self.pid = os.getpid()
         self.scratch_root = cfg["scratch_root"]
@@ -286,7 +302,9 @@ class Zygote:
                     self.reap()
                 continue
             # control messages before exits: a "taken" must be seen before its child's exit
-            for fd, _ in sorted(events, key=lambda e: e[0] != self.ctl.fileno()):
+            if len(events) > 1 and events[0][0] != self.ctl_fd:
+                events.reverse()
+            for fd, _ in events:
                 if fd == self.wake_r:
                     try:
                         while os.read(self.wake_r, 512):
@@ -294,7 +312,7 @@ class Zygote:
                     except BlockingIOError:
                         pass
                     self.reap()
-                elif fd == self.ctl.fileno():
+                elif fd == self.ctl_fd:
                     if not self.handle_ctl():
                         self._terminate()
 
@@ -347,22 +365,18 @@ class Zygote:
                 child_mod.PID_NS[0] = ""
             except OSError as exc:
                 child_mod.PID_NS[0] = str(exc)
+        unshared = child_mod.PID_NS[0] == ""
         try:
             pid = isolation.fork_light()
-        finally:
-            if child_mod.PID_NS[0] == "" and os.getpid() == self.pid:
+        except OSError:
+            if unshared:
                 isolation.setns(self.pidns_fd, isolation.CLONE_NEWPID)
+            raise
         if pid == 0:
-            try:
-                # _signal, not signal: the latter's enum conversions touch (and so
-                # copy) dozens of pages in a fresh child
-                _signal.set_wakeup_fd(-1)
-                for sig in _CHILD_DEFAULT_SIGNALS:
-                    _signal.signal(sig, _SIG_DFL)
-                run()
-            finally:
-                os._exit(126)
-        return pid, child_mod.PID_NS[0] == ""
+            _child_start(run)  # never returns
+        if unshared:
+            isolation.setns(self.pidns_fd, isolation.CLONE_NEWPID)
+        return pid, unshared
 
     def fork(self, exec_id: int, fds: List[int], network: bool) -> None:
         """Start execution ``exec_id`` in a child forked now (the cold path)."""
@@ -412,7 +426,7 @@ class Zygote:
                 return
             opened: List[int] = []
             try:
-                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                ours, theirs = _socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
                 opened += [ours.detach(), theirs.detach()]
                 opened += os.pipe2(os.O_CLOEXEC)
                 opened += os.pipe2(os.O_CLOEXEC)
@@ -427,9 +441,7 @@ class Zygote:
             slot = self.warm_seq
             scratch = os.path.join(self.scratch_root, "w%d" % slot)
 
-            def run():
-                for fd in (chan_ours, out_r, err_r):
-                    os.close(fd)
+            def run():  # (the zygote's fds, ours included, are closed by the fds step)
                 child_mod.main_warm(chan_theirs, out_w, err_w, uid=uid, scratch=scratch,
                                     zygote_pid=self.pid, max_frame=self.max_frame)
             try:
