@@ -124,7 +124,9 @@ def cmd_run(args) -> int:
     # SIGTERM behaves like Ctrl-C: kill the child, clean up, exit (130).
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        sandbox = Sandbox(max_workers=1, warm=0)  # one execution: nothing to prepare ahead
+        # one execution: nothing to prepare ahead; wait for its exit, so the output shows
+        # the exit status and the kernel's account of its CPU and memory
+        sandbox = Sandbox(max_workers=1, warm=0, wait_exit=True)
     except SandboxError as exc:
         sys.stderr.write("mistral-sandbox: %s\n" % exc)
         return EXIT_FAILED

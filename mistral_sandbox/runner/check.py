@@ -82,7 +82,7 @@ def probe(isolation_policy=None, seccomp_library: Optional[str] = None) -> Dict[
     policy = isolation.make_policy(isolation_policy)
     result: Dict[str, Any] = {"host": host_facts(seccomp_library), "policy": policy}
     try:
-        with Sandbox(max_workers=1, isolation=isolation_policy,
+        with Sandbox(max_workers=1, isolation=isolation_policy, warm=0, wait_exit=True,
                      seccomp_library=seccomp_library) as sb:
             result["zygote"] = {k: v for k, v in sb.zygote_info.items() if k != "op"}
             outcome = sb.run("std.noop", limits={"timeout": "10s"})
