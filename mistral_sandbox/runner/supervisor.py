@@ -220,6 +220,7 @@ class Sandbox:
             raise ValueError("max_queue must be >= 1, got %r" % (max_queue,))
         self.max_queue = max_queue
         self.wait_exit = wait_exit
+        self.warm = warm  # children the zygote keeps prepared
         self.restarts = 0
         self._cancels: List[concurrent.futures.Future] = []
         self._by_future: Dict[concurrent.futures.Future, _Execution] = {}

@@ -24,7 +24,7 @@ def wait_for(condition, timeout=10.0):
 
 
 def test_a_request_runs_in_a_child_that_was_waiting_warm(sandbox, clean):
-    assert wait_for(lambda: len(sandbox.warm_pids()) > 0)
+    assert wait_for(lambda: len(sandbox.warm_pids()) == sandbox.warm)  # a full pool
     warm = set(sandbox.warm_pids())
     fut = sandbox.submit("std.sleep", {"seconds": 0.3})
     assert wait_for(lambda: sandbox.running_pids())
@@ -32,7 +32,7 @@ def test_a_request_runs_in_a_child_that_was_waiting_warm(sandbox, clean):
     assert pid in warm  # no fork on the request's path
     assert fut.result(timeout=30).ok
     # the pool is refilled with new children, never with a used one
-    assert wait_for(lambda: len(sandbox.warm_pids()) == len(warm))
+    assert wait_for(lambda: len(sandbox.warm_pids()) == sandbox.warm)
     assert pid not in sandbox.warm_pids()
 
 
