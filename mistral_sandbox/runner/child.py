@@ -155,7 +155,7 @@ def prepare(report: isolation.Report, *, stdio: tuple, uid: Optional[int], scrat
         isolation.set_thread_name(b"ms-child")
         if os.getppid() not in (zygote_pid, 0):  # 0: pid 1 of a new pid namespace
             os._exit(137)
-        step(report, policy, "session", isolation.new_session, report)
+        # fds first: whatever fails later is reported over the channel, on fd 3
         netns = isolation.SHARED_NETNS[0]
         keep: tuple = ()
         if netns is not None and not network:
@@ -165,6 +165,7 @@ def prepare(report: isolation.Report, *, stdio: tuple, uid: Optional[int], scrat
         kept = step(report, {}, "fds", isolation.setup_fds, report, stdio, keep)  # always
         if keep:
             isolation.SHARED_NETNS[0] = kept[0]  # (moved if it sat where stdio goes)
+        step(report, policy, "session", isolation.new_session, report)
         step(report, policy, "environment", isolation.scrub_environment, report, scratch)
         step(report, policy, "scratch", isolation.make_scratch, report, scratch, uid)
         step(report, policy, "user_ns", isolation.user_namespace, report)
@@ -274,6 +275,9 @@ def _serve(exec_id: Optional[int], max_frame: int, report: isolation.Report,
 
     ``exec_id`` is the execution a cold child was forked for (a warm child takes
     the id from the request)."""
+    if "fds" not in report.applied:  # fd 3 is not our channel: nothing to talk to
+        _stderr_note("mistral-sandbox child: %s" % error)
+        return EXIT_CHANNEL_LOST
     sock = socket.socket(fileno=isolation.CHANNEL_FD)
     channel = _Channel(sock, exec_id)
     CHANNEL[0] = channel

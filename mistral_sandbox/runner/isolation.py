@@ -5,8 +5,8 @@ when it cannot be applied. :class:`Report` records what was applied (with its
 detail) and what was skipped (with the reason); it travels to the parent in
 the child's reply and ends up in ``Outcome.isolation``.
 
-Steps, in the order the child applies them (:data:`STEPS`): new
-session/process group; fd table reduced to the channel and stdio; scrubbed
+Steps, in the order the child applies them (:data:`STEPS`): fd table
+reduced to the channel and stdio; new session/process group; scrubbed
 environment; private scratch directory as cwd/HOME/TMPDIR; rlimits; Linux
 namespaces (user when not root, network unless the limits allow network,
 mount with a read-only view of the host and only the scratch directory
@@ -57,7 +57,7 @@ MOUNT_ATTR_RDONLY = 0x1
 SYS_MOUNT_SETATTR = 442  # same number on every architecture (new syscall table)
 
 REQUIRED, BEST_EFFORT, OFF = "required", "best_effort", "off"
-STEPS = ("session", "fds", "environment", "scratch", "rlimits", "user_ns", "pid_ns", "net_ns",
+STEPS = ("fds", "session", "environment", "scratch", "rlimits", "user_ns", "pid_ns", "net_ns",
          "mount_ns", "ipc_ns", "uts_ns", "no_new_privs", "seccomp", "uid", "pdeathsig")
 DEFAULT_POLICY = {
     "session": REQUIRED, "fds": REQUIRED, "environment": REQUIRED, "scratch": REQUIRED,

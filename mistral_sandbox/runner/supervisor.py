@@ -880,8 +880,15 @@ class Sandbox:
                     os.close(fd)
                 self._zygote_died("control channel closed")
                 return
-            msg = msgpack.unpackb(data, raw=False)
-            op = msg.get("op")
+            try:
+                msg = msgpack.unpackb(data, raw=False)
+                op = msg.get("op")
+            except Exception as exc:  # our own zygote, but a bug must not stop the loop
+                for fd in fds:
+                    os.close(fd)
+                self._zygote_died("malformed control message: %s: %s"
+                                  % (type(exc).__name__, exc))
+                return
             if op == "warm" and len(fds) == 3:
                 self._idle.append(_Slot(int(msg["slot"]), int(msg["pid"]), msg["scratch"], fds))
                 self._warm_pids = frozenset(w.pid for w in self._idle)
