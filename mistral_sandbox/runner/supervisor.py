@@ -46,10 +46,12 @@ LOG = logging.getLogger(__name__)
 ACTION_LOG = logging.getLogger("mistral_sandbox.action")
 
 # Operator-trusted modules imported once in the zygote: children start with them loaded.
-# (Each module makes every fork and exit of a child a little slower: importlib.metadata and
-# tempfile alone cost ~0.1 ms per fork and ~0.2 ms per exit here, so they are not listed.)
+# Each module makes every fork and exit of a child a little slower (more page tables to
+# copy and tear down): importlib.metadata and tempfile cost ~0.1 ms per fork and ~0.2 ms
+# per exit here, hashlib and uuid (OpenSSL's libcrypto) ~0.25 ms of CPU per execution —
+# so they are not listed; add what your actions import with Sandbox(preload=...).
 DEFAULT_PRELOAD = ("mistral_sandbox.runner.child", "mistral_sandbox.actions.std",
-                   "json", "re", "datetime", "base64", "hashlib", "uuid", "traceback")
+                   "json", "re", "datetime", "base64", "traceback")
 DEFAULT_UID_START = 1_500_000_000
 DEFAULT_UID_COUNT = 65536
 DEFAULT_WARM = 4

@@ -44,7 +44,6 @@ import importlib
 import json
 import os
 import select
-import shutil
 import signal
 import socket
 import sys
@@ -169,6 +168,7 @@ def remove_tree(path: str) -> bool:
         return True
     except OSError:
         pass
+    import shutil  # rarely needed (a tenant left files): not imported in every child
     shutil.rmtree(path, ignore_errors=True)
     return not os.path.lexists(path)
 
