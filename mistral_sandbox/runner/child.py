@@ -175,6 +175,8 @@ def prepare(report: isolation.Report, *, stdio: tuple, uid: Optional[int], scrat
         step(report, policy, "net_ns", isolation.net_namespace, report, network)
         isolation.unshare_together(policy)
         step(report, policy, "mount_ns", isolation.mount_namespace, report, scratch)
+        if "mount_ns" not in report.applied:
+            isolation.scratch_outside_view(scratch)
         step(report, policy, "ipc_ns", isolation.ipc_namespace, report)
         step(report, policy, "uts_ns", isolation.uts_namespace, report)
         step(report, policy, "no_new_privs", isolation.no_new_privs, report)

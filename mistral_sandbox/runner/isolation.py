@@ -246,23 +246,34 @@ def _max_fd() -> int:
     return hard if hard != resource.RLIM_INFINITY and hard < 1 << 20 else 1 << 20
 
 
-BASE_ENVIRONMENT = {"PATH": SAFE_PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+# Where the scratch directory appears inside a child with its own mount namespace (it
+# is mounted over the host's /tmp, which the action then cannot see).
+SCRATCH_VIEW = "/tmp"
+BASE_ENVIRONMENT = {"PATH": SAFE_PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+                    "HOME": SCRATCH_VIEW, "TMPDIR": SCRATCH_VIEW}
 
 
 def scrub_base_environment() -> None:
     """Replace this process's environment with :data:`BASE_ENVIRONMENT` (the zygote does
-    it once; its children then only add HOME and TMPDIR)."""
+    it once, for every child)."""
     os.environ.clear()
     os.environ.update(BASE_ENVIRONMENT)
 
 
 def scrub_environment(report: Report, scratch: str) -> None:
-    """The minimal allow-listed environment, with HOME and TMPDIR the scratch directory."""
+    """The minimal allow-listed environment; HOME and TMPDIR are the scratch directory
+    (as :data:`SCRATCH_VIEW`; :func:`scratch_outside_view` fixes them up if the mount
+    namespace that puts it there is not applied)."""
     if len(os.environ) != len(BASE_ENVIRONMENT):  # the zygote did not scrub it
         scrub_base_environment()
+    report.ok("environment")
+
+
+def scratch_outside_view(scratch: str) -> None:
+    """No mount namespace: the scratch directory is only at its real path."""
     os.environ["HOME"] = scratch
     os.environ["TMPDIR"] = scratch
-    report.ok("environment")
+    _point_tempfile(scratch)
 
 
 def make_scratch(report: Report, path: str, uid: Optional[int]) -> str:
@@ -274,11 +285,14 @@ def make_scratch(report: Report, path: str, uid: Optional[int]) -> str:
         os.chdir(path)
     except OSError as exc:
         raise IsolationError("scratch", "%s: %s" % (path, exc.strerror or exc)) from None
-    tempfile = sys.modules.get("tempfile")
-    if tempfile is not None:  # already imported: make sure it did not cache another dir
-        tempfile.tempdir = path
     report.ok("scratch")
     return path
+
+
+def _point_tempfile(path: str) -> None:
+    tempfile = sys.modules.get("tempfile")
+    if tempfile is not None:  # preloaded: make sure it did not cache another directory
+        tempfile.tempdir = path
 
 
 _RLIMITS = (
@@ -525,10 +539,12 @@ def _unshare_once(flag: int, what: str) -> None:
 
 
 def mount_namespace(report: Report, scratch: str) -> None:
-    """Private mount namespace: everything read-only except the scratch directory."""
+    """Private mount namespace: everything read-only except the scratch directory, which
+    is mounted over /tmp (:data:`SCRATCH_VIEW`): the action's cwd, HOME and TMPDIR,
+    and the host's /tmp out of its sight."""
     _unshare_once(CLONE_NEWNS, "mnt")
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    _mount(scratch, scratch, None, MS_BIND | MS_NOSUID | MS_NODEV)
+    _mount(scratch, SCRATCH_VIEW, None, MS_BIND | MS_NOSUID | MS_NODEV)
     if IN_PID_NS[0]:  # a /proc that shows only this namespace's processes
         _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     try:
@@ -538,8 +554,9 @@ def mount_namespace(report: Report, scratch: str) -> None:
             raise
         _mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY)
         report.skip("mount_ns:recursive_ro", "mount_setattr unavailable: only / is read-only")
-    _mount_setattr(scratch, 0, 0, MOUNT_ATTR_RDONLY)
-    os.chdir(scratch)  # the old cwd still refers to the directory below the new mount
+    _mount_setattr(SCRATCH_VIEW, 0, 0, MOUNT_ATTR_RDONLY)
+    os.chdir(SCRATCH_VIEW)
+    _point_tempfile(SCRATCH_VIEW)
     report.ok("mount_ns")
 
 
