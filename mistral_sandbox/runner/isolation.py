@@ -246,26 +246,30 @@ def _max_fd() -> int:
     return hard if hard != resource.RLIM_INFINITY and hard < 1 << 20 else 1 << 20
 
 
-# Where the scratch directory appears inside a child with its own mount namespace (it
-# is mounted over the host's /tmp, which the action then cannot see).
-SCRATCH_VIEW = "/tmp"
-BASE_ENVIRONMENT = {"PATH": SAFE_PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
-                    "HOME": SCRATCH_VIEW, "TMPDIR": SCRATCH_VIEW}
+# Where the scratch directory appears inside a child with its own mount namespace: it is
+# mounted over the directory that holds every child's scratch directory (the zygote's
+# generation directory, set by the zygote) — one path for all its children, so HOME and
+# TMPDIR are set once, in the zygote, and a child sees no other execution's directory.
+SCRATCH_VIEW: List[str] = [""]
+BASE_ENVIRONMENT = {"PATH": SAFE_PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
 
 
-def scrub_base_environment() -> None:
+def scrub_base_environment(scratch_view: str = "") -> None:
     """Replace this process's environment with :data:`BASE_ENVIRONMENT` (the zygote does
-    it once, for every child)."""
+    it once, for every child), HOME and TMPDIR being ``scratch_view`` if given."""
     os.environ.clear()
     os.environ.update(BASE_ENVIRONMENT)
+    if scratch_view:
+        os.environ["HOME"] = os.environ["TMPDIR"] = scratch_view
 
 
 def scrub_environment(report: Report, scratch: str) -> None:
     """The minimal allow-listed environment; HOME and TMPDIR are the scratch directory
     (as :data:`SCRATCH_VIEW`; :func:`scratch_outside_view` fixes them up if the mount
     namespace that puts it there is not applied)."""
-    if len(os.environ) != len(BASE_ENVIRONMENT):  # the zygote did not scrub it
+    if len(os.environ) != len(BASE_ENVIRONMENT) + 2:  # the zygote did not scrub it
         scrub_base_environment()
+        scratch_outside_view(scratch)
     report.ok("environment")
 
 
@@ -540,11 +544,12 @@ def _unshare_once(flag: int, what: str) -> None:
 
 def mount_namespace(report: Report, scratch: str) -> None:
     """Private mount namespace: everything read-only except the scratch directory, which
-    is mounted over /tmp (:data:`SCRATCH_VIEW`): the action's cwd, HOME and TMPDIR,
-    and the host's /tmp out of its sight."""
+    is mounted over :data:`SCRATCH_VIEW` (the action's cwd, HOME and TMPDIR; the other
+    executions' directories are out of its sight)."""
+    view = SCRATCH_VIEW[0] or scratch
     _unshare_once(CLONE_NEWNS, "mnt")
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    _mount(scratch, SCRATCH_VIEW, None, MS_BIND | MS_NOSUID | MS_NODEV)
+    _mount(scratch, view, None, MS_BIND | MS_NOSUID | MS_NODEV)
     if IN_PID_NS[0]:  # a /proc that shows only this namespace's processes
         _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     try:
@@ -554,9 +559,9 @@ def mount_namespace(report: Report, scratch: str) -> None:
             raise
         _mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY)
         report.skip("mount_ns:recursive_ro", "mount_setattr unavailable: only / is read-only")
-    _mount_setattr(SCRATCH_VIEW, 0, 0, MOUNT_ATTR_RDONLY)
-    os.chdir(SCRATCH_VIEW)
-    _point_tempfile(SCRATCH_VIEW)
+    _mount_setattr(view, 0, 0, MOUNT_ATTR_RDONLY)
+    os.chdir(view)
+    _point_tempfile(view)
     report.ok("mount_ns")
 
 

@@ -608,7 +608,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     cfg = json.loads(argv[0])
     os.umask(0o077)
-    isolation.scrub_base_environment()  # once, for every child
+    # once, for every child (HOME/TMPDIR: where a child sees its scratch directory)
+    isolation.SCRATCH_VIEW[0] = cfg["scratch_root"]
+    isolation.scrub_base_environment(cfg["scratch_root"])
     sys.path[:0] = cfg.get("extra_path", [])
     for name in cfg.get("preload", ()):
         importlib.import_module(name)

@@ -116,7 +116,8 @@ def test_child_is_isolated_basics(sandbox, clean):
     assert data["fds"] == [0, 1, 2, 3, 4]  # stdio, channel, and listdir's own fd
     assert set(data["env"]) == {"PATH", "HOME", "TMPDIR", "LANG", "LC_ALL"}
     if "mount_ns" in out.isolation["applied"]:
-        assert data["cwd"] == "/tmp"  # its scratch directory, mounted over the host's /tmp
+        # its scratch directory, mounted over the directory of all of them
+        assert data["cwd"] == sandbox.scratch_dir
     else:
         assert data["cwd"].startswith(sandbox.scratch_root)
     assert data["env"]["HOME"] == data["cwd"] == data["env"]["TMPDIR"]

@@ -4,7 +4,6 @@ that the attack failed, that nothing of it survived, and that the next execution
 
 import os
 import socket
-import tempfile
 import threading
 
 import psutil
@@ -153,30 +152,9 @@ def test_writing_outside_the_scratch_directory(sandbox, then_works, tmp_path):
     assert out.exit_reason == "ok"
     data = out.result.data
     assert data.pop("scratch").startswith("ok:")
-    if "mount_ns" in out.isolation["applied"]:
-        # its /tmp is its own scratch directory: the write lands there, not in the host's
-        assert data.pop("/tmp/ms-hostile").startswith("ok:")
-        assert not os.path.exists("/tmp/ms-hostile")
     for path, verdict in data.items():
         assert verdict.startswith("denied:"), (path, verdict)
         assert not os.path.exists(path)
-
-
-def test_the_hosts_tmp_is_out_of_sight(sandbox, then_works):
-    """Other programs' files in the host's /tmp (even world-readable ones) are not
-    visible: the action's /tmp is its own scratch directory."""
-    fd, path = tempfile.mkstemp(prefix="ms-hostile-secret-", dir="/tmp")
-    try:
-        os.write(fd, b"host secret")
-        os.close(fd)
-        os.chmod(path, 0o644)
-        out = sandbox.run(H + "ReadsFiles", {"paths": [path, "/tmp"]})
-        assert out.exit_reason == "ok", out.message
-        if "mount_ns" in out.isolation["applied"]:
-            assert out.result.data[path] == "denied:ENOENT"
-            assert os.path.basename(path) not in out.result.data["/tmp"]
-    finally:
-        os.unlink(path)
 
 
 def test_reading_another_executions_scratch(sandbox, then_works):
@@ -189,7 +167,11 @@ def test_reading_another_executions_scratch(sandbox, then_works):
     assert victim.result(timeout=60).ok
     assert out.exit_reason == "ok"
     assert out.result.data["found"] == []
-    assert out.result.data["listing"].startswith("denied:")
+    if "mount_ns" in out.isolation["applied"]:
+        # its own scratch directory is mounted over the directory of all of them
+        assert out.result.data["listing"] == "ok:[]"
+    else:
+        assert out.result.data["listing"].startswith("denied:")
 
 
 def test_inherited_fd_probing(sandbox, then_works):
