@@ -20,15 +20,14 @@ STEP_DESCRIPTIONS = {
     "session": "own session and process group (whole group killed at the end)",
     "fds": "only stdio and the channel fd are open",
     "environment": "environment replaced by PATH, HOME, TMPDIR, LANG, LC_ALL",
-    "scratch": "private scratch dir as cwd/HOME/TMPDIR (at /tmp with mount_ns), removed "
-               "afterwards",
+    "scratch": "private scratch dir as cwd/HOME/TMPDIR, removed afterwards",
     "rlimits": "kernel rlimits: address space, CPU, files, processes, file size, core",
     "user_ns": "user namespace (non-root only)",
     "pid_ns": "pid namespace, the action as its pid 1: sees only itself; all of it dies "
               "with it",
     "net_ns": "network namespace (one empty one, shared): no interfaces but a down loopback",
-    "mount_ns": "mount namespace: host read-only, the scratch dir mounted over /tmp and "
-                "the only writable place",
+    "mount_ns": "mount namespace: host read-only, only the scratch dir writable (and no "
+                "other execution's in sight)",
     "ipc_ns": "IPC namespace: no shared SysV/POSIX IPC with the host",
     "uts_ns": "UTS namespace: hostname 'sandbox'",
     "no_new_privs": "PR_SET_NO_NEW_PRIVS: setuid binaries grant nothing",
