@@ -134,12 +134,20 @@ class _Execution:
                  aeid: Optional[str], token: Optional[str]):
         self.id = exec_id
         self.ref = ref
-        self.frame = frame
         self.future = future
         self.limits = limits
         self.notes = notes
         self.aeid = aeid
         self.token = token
+        # kept until the child reports ready, to run the execution again if the warm
+        # child it was handed to dies before (no tenant code ran): at most once
+        self.request: Optional[bytes] = frame
+        self.requeued = False
+        self.new_attempt()
+
+    def new_attempt(self) -> None:
+        """Forget every trace of a child (a fresh execution, or one run again)."""
+        self.frame = self.request or b""
         self.sock: Optional[socket.socket] = None
         self.out_r = self.err_r = -1
         self.written = 0
@@ -150,6 +158,7 @@ class _Execution:
         self.exited = False  # the exit report (or the zygote's death) is being handled
         self.started = 0.0
         self.deadline: Optional[float] = None
+        limits = self.limits
         self.reader = protocol.FrameReader(
             (limits.max_result_bytes or protocol.DEFAULT_MAX_FRAME) + 64 * 1024)
         tail = min(limits.max_output_bytes or TAIL_BYTES, TAIL_BYTES)
@@ -368,6 +377,13 @@ class Sandbox:
         return {ex_id: ex.pid for ex_id, ex in list(self._running.items())
                 if ex.pid is not None}
 
+    def started_pids(self) -> Dict[int, int]:
+        """Like :meth:`running_pids`, only executions whose action has started (the
+        child reported ready, so tenant code may run; before that, an execution whose
+        prepared child dies is run again in a fresh one)."""
+        return {ex_id: ex.pid for ex_id, ex in list(self._running.items())
+                if ex.pid is not None and ex.isolation}
+
     def warm_pids(self) -> frozenset:
         """Pids of the children waiting, isolated, for an execution (idle; owned by the
         zygote; exactly one execution each)."""
@@ -396,15 +412,20 @@ class Sandbox:
         call returns when every execution has ended and the zygote, its
         children, fds and scratch directories are gone.
         """
+        dropped = []  # queued to run again: already running, so cannot be cancel()ed
         with self._lock:
             self._shutdown = True
             if cancel_futures or kill_running:
                 while self._queue:
                     ex = self._queue.popleft()
-                    ex.future.cancel()
+                    if not ex.future.cancel():
+                        dropped.append(ex)
                     self._by_future.pop(ex.future, None)
             if kill_running:
                 self._kill_all = True
+        for ex in dropped:
+            self._resolve(ex, self._outcome_without_run(
+                ex, "cancelled", "the sandbox was shut down before the execution ran"))
         self._wake()
         if wait and threading.current_thread() is not self._thread:
             self._thread.join()
@@ -535,7 +556,7 @@ class Sandbox:
             queued = list(self._queue)
             self._queue.clear()
         for ex in queued:
-            if ex.future.set_running_or_notify_cancel():
+            if ex.requeued or ex.future.set_running_or_notify_cancel():
                 self._resolve(ex, self._outcome_without_run(ex, "sandbox_error", message))
             else:
                 self._resolve(ex, None)
@@ -572,6 +593,14 @@ class Sandbox:
                     ex = self._by_future.get(fut)
                     if ex is not None and ex.id in self._running:
                         self._kill(ex, "cancelled", "the execution was cancelled")
+                    elif ex is not None and ex.requeued:  # waiting to run again
+                        with self._lock:
+                            queued = ex in self._queue
+                            if queued:
+                                self._queue.remove(ex)
+                        if queued:
+                            self._resolve(ex, self._outcome_without_run(
+                                ex, "cancelled", "the execution was cancelled"))
                 self._dispatch()
                 timeout = None
                 if self._deadlines:
@@ -623,7 +652,7 @@ class Sandbox:
                 if not self._queue:
                     break
                 ex = self._queue.popleft()
-            if not ex.future.set_running_or_notify_cancel():
+            if not ex.requeued and not ex.future.set_running_or_notify_cancel():
                 self._resolve(ex, None)  # cancelled while queued
                 continue
             self._start(ex)
@@ -787,6 +816,7 @@ class Sandbox:
             if ex.isolation:
                 raise protocol.ProtocolError("second ready message")
             ex.isolation = msg["isolation"]
+            ex.request = None  # it started: never run again
         elif mtype in ("result", "error"):
             if ex.reply is not None:
                 raise protocol.ProtocolError("second %s message" % mtype)
@@ -961,9 +991,27 @@ class Sandbox:
             self._taken_done(ex)
         if exit_msg is None and ex.scratch:
             shutil.rmtree(ex.scratch, ignore_errors=True)
+        if not ex.delivered and self._run_again(ex, exit_msg):
+            return
         if not ex.delivered:
             ex.delivered = True
             self._resolve(ex, self._classify(ex, exit_msg))
+
+    def _run_again(self, ex: _Execution, exit_msg: Optional[Dict[str, Any]]) -> bool:
+        """Queue ``ex`` again (first in line) if the warm child it was handed to died
+        before it started: before its ready message, no tenant code ran, so nothing can
+        have happened twice. Once only; True if queued."""
+        if exit_msg is None or ex.slot is None or ex.isolation or ex.reply is not None \
+                or ex.kill_reason or ex.request is None or ex.requeued or self._shutdown:
+            return False
+        LOG.warning("execution %d: its prepared child (pid %s) died before starting it "
+                    "(status %s); running it in a fresh child", ex.id, ex.pid,
+                    exit_msg.get("status"))
+        ex.requeued = True
+        ex.new_attempt()
+        with self._lock:
+            self._queue.appendleft(ex)
+        return True
 
     def _resolve(self, ex: _Execution, outcome: Optional[Outcome]) -> None:
         """Forget ``ex`` and complete its future (with ``outcome``; None: it was cancelled)."""

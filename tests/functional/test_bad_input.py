@@ -133,9 +133,9 @@ def test_kills_itself_without_a_pid_namespace(no_leaks):
 def test_killed_from_outside_its_namespace_is_killed(sandbox, then_works):
     fut = sandbox.submit("std.sleep", {"seconds": 30})
     deadline = time.monotonic() + 10
-    while not sandbox.running_pids() and time.monotonic() < deadline:
+    while not sandbox.started_pids() and time.monotonic() < deadline:
         concurrent.futures.wait([fut], timeout=0.01)
-    (pid,) = sandbox.running_pids().values()
+    (pid,) = sandbox.started_pids().values()
     os.kill(pid, signal.SIGKILL)  # e.g. the OOM killer, or an operator
     out = fut.result(timeout=30)
     assert out.exit_reason == "killed" and out.signal == 9

@@ -100,3 +100,42 @@ def test_per_call_limits_still_apply_in_a_warm_child(sandbox, then_works):
     tighter limits are applied when it arrives."""
     out = sandbox.run("hostile_actions:FillsDisk", limits={"file_size": "1MiB"})
     assert out.ok and out.result.data["error"] == "EFBIG", out.result
+
+
+def test_a_request_whose_prepared_child_dies_before_starting_runs_again(no_leaks):
+    """No tenant code runs before the child's ready message: if the warm child dies
+    before it (here: stopped, handed the request, then killed), the execution runs
+    again, once, in a fresh child."""
+    with Sandbox(max_workers=1, warm=2, extra_path=[FIXTURES]) as sb:
+        assert wait_for(lambda: len(sb.warm_pids()) == 2)
+        stopped = set(sb.warm_pids())
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            fut = sb.submit("std.echo", {"output": "again"})
+            assert wait_for(lambda: sb.running_pids())
+            (victim,) = sb.running_pids().values()
+            assert victim in stopped
+            for pid in stopped - {victim}:
+                os.kill(pid, signal.SIGCONT)
+            os.kill(victim, signal.SIGKILL)
+            out = fut.result(timeout=30)
+        finally:
+            for pid in stopped:
+                try:
+                    os.kill(pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+        assert out.ok and out.result.data == "again", out.message
+        # it really ran elsewhere, and only once
+        assert wait_for(lambda: not sb.running_pids())
+        assert sb.run("std.noop").ok
+
+
+def test_a_child_killed_after_it_started_is_not_run_again(sandbox, then_works):
+    fut = sandbox.submit("std.sleep", {"seconds": 30})
+    assert wait_for(lambda: sandbox.started_pids())  # its ready message has arrived
+    (pid,) = sandbox.started_pids().values()
+    os.kill(pid, signal.SIGKILL)
+    out = fut.result(timeout=30)
+    assert out.exit_reason == "killed"
