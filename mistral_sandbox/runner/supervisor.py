@@ -41,6 +41,7 @@ from mistral_sandbox.runner import isolation as isolation_mod
 from mistral_sandbox.runner import protocol
 from mistral_sandbox.runner.limits import DEFAULT_CEILING, Limits, clamp
 from mistral_sandbox.runner.outcome import AsyncHandle, Outcome, Usage
+from mistral_sandbox.runner.zygote import WARM_PER_MESSAGE
 
 LOG = logging.getLogger(__name__)
 ACTION_LOG = logging.getLogger("mistral_sandbox.action")
@@ -608,8 +609,7 @@ class Sandbox:
                 for key, mask in self._sel.select(timeout):
                     key.data(mask)
                 self._check_deadlines()
-                if self._taken:
-                    self._tell_taken()
+                self._tell_taken()
         except BaseException:
             LOG.exception("sandbox I/O loop crashed")
             for ex in list(self._running.values()):
@@ -656,8 +656,7 @@ class Sandbox:
                 self._resolve(ex, None)  # cancelled while queued
                 continue
             self._start(ex)
-        if not self._idle:
-            self._tell_taken()  # the pool is empty: refill now, whatever runs
+        self._tell_taken()
 
     def _taken_done(self, ex: _Execution) -> None:
         """``ex``'s warm slot may be refilled: it has ended (or been delivered)."""
@@ -666,16 +665,18 @@ class Sandbox:
             self._taken.append(ex.slot)
 
     def _tell_taken(self) -> None:
-        """Tell the zygote which warm children were taken, so it forks new ones.
+        """Tell the zygote which warm children were taken, once half the pool is used.
 
-        Told when an execution is delivered, not when it starts: a refill (a fork
-        and a child's isolation, milliseconds of CPU) would otherwise compete with
-        the very execution that used the slot. If the pool runs dry, every taken
-        slot is told at once.
+        The zygote refills in batches when half its pool is gone (one wake-up, and
+        its bookkeeping, for several forks); it notices a taken child that already
+        ended by itself. Told here are the rest — children still running, so the
+        pool is refilled while they run — and the ended ones, which also tell the
+        zygote that those children did not die unused.
         """
-        if not self._idle:
-            self._taken.extend(self._pending_taken)
-            self._pending_taken.clear()
+        if not (self._taken or self._pending_taken) or len(self._idle) > self.warm // 2:
+            return
+        self._taken.extend(self._pending_taken)
+        self._pending_taken.clear()
         if self._taken and self._ctl is not None:
             try:
                 self._ctl.send(msgpack.packb({"op": "taken", "slots": self._taken}))
@@ -901,7 +902,8 @@ class Sandbox:
     def _on_ctl(self, _mask: int) -> None:
         while self._ctl is not None:
             try:
-                data, fds, _flags, _addr = socket.recv_fds(self._ctl, protocol_max_packet(), 3)
+                data, fds, _flags, _addr = socket.recv_fds(self._ctl, protocol_max_packet(),
+                                                           3 * WARM_PER_MESSAGE)
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -921,8 +923,9 @@ class Sandbox:
                 self._zygote_died("malformed control message: %s: %s"
                                   % (type(exc).__name__, exc))
                 return
-            if op == "warm" and len(fds) == 3:
-                self._idle.append(_Slot(int(msg["slot"]), int(msg["pid"]), msg["scratch"], fds))
+            if op == "warm" and len(fds) == 3 * len(msg.get("slots", ())):
+                for i, (slot, pid, scratch) in enumerate(msg["slots"]):
+                    self._idle.append(_Slot(int(slot), int(pid), scratch, fds[3 * i:3 * i + 3]))
                 self._warm_pids = frozenset(w.pid for w in self._idle)
                 continue
             for fd in fds:

@@ -62,7 +62,9 @@ _SIG_DFL = int(signal.SIG_DFL)
 MAX_PACKET = 1 << 16
 DRAIN_TIMEOUT = 5.0     # seconds to wait for swept processes to die
 DRAIN_POLL_MS = 20
-WARM_MAX_FAILURES = 20  # warm children that died unassigned before the pool gives up
+WARM_MAX_FAILURES = 20  # warm children in a row that died unassigned: pause the pool
+WARM_PAUSE = 1.0        # seconds the pool pauses then (the cold path serves meanwhile)
+WARM_PER_MESSAGE = 64   # warm children announced per message (3 fds each; SCM_MAX_FD 253)
 
 
 class _Child:
@@ -211,6 +213,7 @@ class Zygote:
         self.idle: set = set()  # slots of warm children nobody has taken yet
         self.warm_seq = 0
         self.warm_failures = 0  # warm children in a row that died before being taken
+        self.warm_paused_until = 0.0
         self.children_path = "/proc/%d/task/%d/children" % (self.pid, self.pid)
         self.pidns_fd: Optional[int] = None
         self.netns_fd: Optional[int] = None  # the network namespace children share
@@ -285,20 +288,26 @@ class Zygote:
         poller = select.poll()
         poller.register(self.ctl.fileno(), select.POLLIN)
         poller.register(self.wake_r, select.POLLIN)
+        low = self.warm_target // 2  # refill in batches: when half the pool is used
         while True:
             # Requests and exits first; the warm pool is refilled only when idle, so a
             # refill fork never delays a request or an exit report.
-            refill = len(self.idle) < self.warm_target and \
-                self.warm_failures < WARM_MAX_FAILURES and bool(self.free_uids or not self.root)
-            timeout = 0 if refill else (DRAIN_POLL_MS if self.draining else None)
+            refill = len(self.idle) <= low and len(self.idle) < self.warm_target and \
+                bool(self.free_uids or not self.root)
+            timeout = None
+            if refill:
+                pause = self.warm_paused_until - time.monotonic()
+                timeout = 0 if pause <= 0 else int(pause * 1000) + 1
+            if self.draining and (timeout is None or timeout > DRAIN_POLL_MS):
+                timeout = DRAIN_POLL_MS
             try:
                 events = poller.poll(timeout)
             except InterruptedError:
                 continue
             if not events:
-                if refill:
-                    self._spawn_warm(1)
-                elif self.draining:
+                if refill and time.monotonic() >= self.warm_paused_until:
+                    self._spawn_warm(self.warm_target)
+                if self.draining:
                     self.reap()
                 continue
             # control messages before exits: a "taken" must be seen before its child's exit
@@ -419,49 +428,60 @@ class Zygote:
         supervisor receives our ends and later writes one request into the channel.
         """
         target = min(self.warm_target, len(self.idle) + at_most)
-        while len(self.idle) < target and self.warm_failures < WARM_MAX_FAILURES:
-            try:
-                uid = self._take_uid()
-            except IndexError:
-                return
-            opened: List[int] = []
-            try:
-                ours, theirs = _socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-                opened += [ours.detach(), theirs.detach()]
-                opened += os.pipe2(os.O_CLOEXEC)
-                opened += os.pipe2(os.O_CLOEXEC)
-            except OSError:
-                for fd in opened:
+        born: List[Tuple[int, int, str, int, int, int]] = []
+        try:
+            while len(self.idle) < target:
+                child = self._fork_warm()
+                if child is None:
+                    break
+                born.append(child)
+        finally:  # announce in batches: one message (and one wake-up) for several
+            for i in range(0, len(born), WARM_PER_MESSAGE):
+                batch = born[i:i + WARM_PER_MESSAGE]
+                fds = [fd for b in batch for fd in b[3:]]
+                self.send({"op": "warm", "slots": [list(b[:3]) for b in batch]}, tuple(fds))
+                for fd in fds:
                     os.close(fd)
-                if uid is not None:
-                    self.free_uids.append(uid)
-                return
-            chan_ours, chan_theirs, out_r, out_w, err_r, err_w = opened
-            self.warm_seq += 1
-            slot = self.warm_seq
-            scratch = os.path.join(self.scratch_root, "w%d" % slot)
 
-            def run():  # (the zygote's fds, ours included, are closed by the fds step)
-                child_mod.main_warm(chan_theirs, out_w, err_w, uid=uid, scratch=scratch,
-                                    zygote_pid=self.pid, max_frame=self.max_frame)
-            try:
-                pid, contained = self._fork_child(run)
-            except OSError:
-                for fd in opened:
-                    os.close(fd)
-                if uid is not None:
-                    self.free_uids.append(uid)
-                return
-            for fd in (chan_theirs, out_w, err_w):
+    def _fork_warm(self) -> Optional[Tuple[int, int, str, int, int, int]]:
+        """Fork one warm child; (slot, pid, scratch, our channel/stdout/stderr ends)."""
+        try:
+            uid = self._take_uid()
+        except IndexError:
+            return None
+        opened: List[int] = []
+        try:
+            ours, theirs = _socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            opened += [ours.detach(), theirs.detach()]
+            opened += os.pipe2(os.O_CLOEXEC)
+            opened += os.pipe2(os.O_CLOEXEC)
+        except OSError:
+            for fd in opened:
                 os.close(fd)
-            self._track(_Child(("slot", slot), pid, uid, scratch, contained))
-            self.idle.add(slot)
-            sent = self.send({"op": "warm", "slot": slot, "pid": pid, "scratch": scratch},
-                             (chan_ours, out_r, err_r))
-            for fd in (chan_ours, out_r, err_r):
+            if uid is not None:
+                self.free_uids.append(uid)
+            return None
+        chan_ours, chan_theirs, out_r, out_w, err_r, err_w = opened
+        self.warm_seq += 1
+        slot = self.warm_seq
+        scratch = os.path.join(self.scratch_root, "w%d" % slot)
+
+        def run():  # (the zygote's fds, ours included, are closed by the fds step)
+            child_mod.main_warm(chan_theirs, out_w, err_w, uid=uid, scratch=scratch,
+                                zygote_pid=self.pid, max_frame=self.max_frame)
+        try:
+            pid, contained = self._fork_child(run)
+        except OSError:
+            for fd in opened:
                 os.close(fd)
-            if not sent:
-                return
+            if uid is not None:
+                self.free_uids.append(uid)
+            return None
+        for fd in (chan_theirs, out_w, err_w):
+            os.close(fd)
+        self._track(_Child(("slot", slot), pid, uid, scratch, contained))
+        self.idle.add(slot)
+        return slot, pid, scratch, chan_ours, out_r, err_r
 
     def _killpg(self, child: _Child) -> None:
         for kill in (os.killpg, os.kill):  # kill: it may not lead its group yet
@@ -536,9 +556,12 @@ class Zygote:
                 continue  # an orphan of some execution, reparented to us
             del self.children[child.key]
             kind, key = child.key
-            if kind == "slot" and key in self.idle:  # died before anybody took it
-                self.idle.discard(key)
+            if kind == "slot" and key in self.idle:  # died before anybody told us it was
+                self.idle.discard(key)                # taken (or before it was)
                 self.warm_failures += 1
+                if self.warm_failures >= max(WARM_MAX_FAILURES, 2 * self.warm_target):
+                    self.warm_paused_until = time.monotonic() + WARM_PAUSE
+                    self.warm_failures = 0
             report = {"op": "exit", kind: key, "pid": pid, "status": status,
                       "utime": ru.ru_utime, "stime": ru.ru_stime,
                       "maxrss": ru.ru_maxrss * 1024, "swept": swept}
