@@ -322,6 +322,22 @@ APPLIED_LIMITS: list = []  # [the limits whose rlimits this process has applied]
 def _release_streams(sock: socket.socket) -> None:
     """Close stdout, stderr and the channel: the parent's EOF on all three (with the
     reply in hand) completes the outcome while this process is still exiting."""
+    _close_stdio()
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+STDIO_CLOSED = [False]
+
+
+def _close_stdio() -> None:
+    """Flush and close stdout and stderr. Done as soon as the action has returned,
+    before the final reply: the parent then has their EOFs when the reply arrives."""
+    if STDIO_CLOSED[0]:
+        return
+    STDIO_CLOSED[0] = True
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -332,10 +348,6 @@ def _release_streams(sock: socket.socket) -> None:
             os.close(fd)
         except OSError:
             pass
-    try:
-        sock.close()
-    except OSError:
-        pass
 
 
 def _usage() -> Dict[str, Any]:
@@ -369,7 +381,10 @@ def _serve_request(channel: _Channel, request: Dict[str, Any], report: isolation
                                                 "limit"})
     max_result = limits.get("max_result_bytes")
     try:
-        reply = _run_action(request, channel)
+        try:
+            reply = _run_action(request, channel)
+        finally:
+            _close_stdio()  # the action is done: nothing more goes to stdout/stderr
         reply["usage"] = _usage()
         frame = _encode_reply(reply)
         if max_result is not None and len(frame) - protocol.HEADER.size > max_result + 256:
