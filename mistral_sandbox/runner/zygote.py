@@ -67,6 +67,22 @@ WARM_PAUSE = 1.0        # seconds the pool pauses then (the cold path serves mea
 WARM_PER_MESSAGE = 64   # warm children announced per message (3 fds each; SCM_MAX_FD 253)
 
 
+class _WarmKit:
+    """What one warm child gets, made ready before the fork: its sandbox uid, slot,
+    scratch path, our ends and its ends of channel/stdout/stderr, and its code."""
+
+    __slots__ = ("slot", "uid", "scratch", "ours", "theirs", "run")
+
+    def __init__(self, slot: int, uid: Optional[int], scratch: str, ours: Tuple[int, ...],
+                 theirs: Tuple[int, ...], run):
+        self.slot = slot
+        self.uid = uid
+        self.scratch = scratch
+        self.ours = ours
+        self.theirs = theirs
+        self.run = run
+
+
 class _Child:
     """One child of the zygote: a cold execution (``key`` = ("id", execution id)) or a
     warm child (``key`` = ("slot", slot number)). ``contained``: it is pid 1 of its own
@@ -424,27 +440,45 @@ class Zygote:
     def _spawn_warm(self, at_most: int) -> None:
         """Fork up to ``at_most`` warm children and hand their ends to the supervisor.
 
-        Each gets its channel (a socketpair) and stdout/stderr pipes now; the
-        supervisor receives our ends and later writes one request into the channel.
+        Each gets its channel (a socketpair) and stdout/stderr pipes. Everything is
+        made ready first and the children are then forked back to back: after each
+        fork every page we write costs us a copy-on-write fault (the new child still
+        shares it), so as little as possible runs between two forks.
         """
         target = min(self.warm_target, len(self.idle) + at_most)
+        kits: List[_WarmKit] = []
+        while len(self.idle) + len(kits) < target:
+            kit = self._warm_kit()
+            if kit is None:
+                break
+            kits.append(kit)
+        if not kits:
+            return
+        forked = self._fork_all([kit.run for kit in kits])
         born: List[Tuple[int, int, str, int, int, int]] = []
-        try:
-            while len(self.idle) < target:
-                child = self._fork_warm()
-                if child is None:
-                    break
-                born.append(child)
-        finally:  # announce in batches: one message (and one wake-up) for several
-            for i in range(0, len(born), WARM_PER_MESSAGE):
-                batch = born[i:i + WARM_PER_MESSAGE]
-                fds = [fd for b in batch for fd in b[3:]]
-                self.send({"op": "warm", "slots": [list(b[:3]) for b in batch]}, tuple(fds))
-                for fd in fds:
+        for kit, (pid, contained) in zip(kits, forked + [(0, False)] * (len(kits) - len(forked))):
+            for fd in kit.theirs:
+                os.close(fd)
+            if not pid:  # fork failed: give back what it would have used
+                for fd in kit.ours:
                     os.close(fd)
+                if kit.uid is not None:
+                    self.free_uids.append(kit.uid)
+                continue
+            self._track(_Child(("slot", kit.slot), pid, kit.uid, kit.scratch, contained))
+            self.idle.add(kit.slot)
+            born.append((kit.slot, pid, kit.scratch) + kit.ours)
+        # announce in batches: one message (and one wake-up) for several
+        for i in range(0, len(born), WARM_PER_MESSAGE):
+            batch = born[i:i + WARM_PER_MESSAGE]
+            fds = [fd for b in batch for fd in b[3:]]
+            self.send({"op": "warm", "slots": [list(b[:3]) for b in batch]}, tuple(fds))
+            for fd in fds:
+                os.close(fd)
 
-    def _fork_warm(self) -> Optional[Tuple[int, int, str, int, int, int]]:
-        """Fork one warm child; (slot, pid, scratch, our channel/stdout/stderr ends)."""
+    def _warm_kit(self) -> Optional["_WarmKit"]:
+        """A uid, a slot, the channel and output fds, and the code of one warm child
+        to be forked; None when out of uids or fds."""
         try:
             uid = self._take_uid()
         except IndexError:
@@ -469,19 +503,19 @@ class Zygote:
         def run():  # (the zygote's fds, ours included, are closed by the fds step)
             child_mod.main_warm(chan_theirs, out_w, err_w, uid=uid, scratch=scratch,
                                 zygote_pid=self.pid, max_frame=self.max_frame)
-        try:
-            pid, contained = self._fork_child(run)
-        except OSError:
-            for fd in opened:
-                os.close(fd)
-            if uid is not None:
-                self.free_uids.append(uid)
-            return None
-        for fd in (chan_theirs, out_w, err_w):
-            os.close(fd)
-        self._track(_Child(("slot", slot), pid, uid, scratch, contained))
-        self.idle.add(slot)
-        return slot, pid, scratch, chan_ours, out_r, err_r
+        return _WarmKit(slot, uid, scratch, (chan_ours, out_r, err_r),
+                        (chan_theirs, out_w, err_w), run)
+
+    def _fork_all(self, runs: List) -> List[Tuple[int, bool]]:
+        """Fork one child per ``runs`` item, back to back; (pid, contained) of each
+        child forked, in order (shorter than ``runs`` if a fork failed)."""
+        forked: List[Tuple[int, bool]] = []
+        for run in runs:
+            try:
+                forked.append(self._fork_child(run))
+            except OSError:
+                break
+        return forked
 
     def _killpg(self, child: _Child) -> None:
         for kill in (os.killpg, os.kill):  # kill: it may not lead its group yet
