@@ -238,6 +238,19 @@ _REHEARSAL_CONTEXT = ActionContext(
     ExecutionContext(action_execution_id="00000000-0000-0000-0000-000000000000")).to_dict()
 
 
+def warm_up_code(rounds: int = 16) -> None:
+    """Run the rehearsal ``rounds`` times here, in the zygote, before any fork.
+
+    CPython 3.11 counts a function's first calls in its code object and then
+    rewrites ("quickens", specialises) the bytecode in place; each such write in
+    a child is a copy-on-write fault. Done here, the code a request runs through
+    is already in its final form when children are forked (measured: ≈ 30 fewer
+    faults per child, of ≈ 510).
+    """
+    for _ in range(rounds):
+        _rehearse(isolation.Report())
+
+
 def _rehearse(report: isolation.Report) -> None:
     """A warm child, while it waits, goes once through what a request will do (decode a
     run frame, encode ``ready``, load and run std.noop, measure, encode the reply).

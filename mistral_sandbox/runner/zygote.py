@@ -274,6 +274,7 @@ class Zygote:
         unreadable = unreadable_paths(sys.path) if self.root else []
         child_mod.UNREADABLE_PATHS[:] = unreadable
         child_mod.install_runtime(self.cfg.get("preload", ()))
+        child_mod.warm_up_code()
         gc.freeze()  # keep preloaded objects out of the children's GC: fewer COW faults
         self.send({"op": "hello", "pid": self.pid, "root": self.root,
                    "uids": list(self.free_uids), "unreadable_paths": unreadable,
