@@ -99,6 +99,10 @@ class _Child:
         self.contained = contained
 
 
+def _ignore_signal(*_args) -> None:
+    """SIGCHLD's handler in the zygote: the signal only wakes the loop (wakeup fd)."""
+
+
 def _child_start(run) -> None:
     """First thing in a new child: drop the zygote's signal plumbing, then ``run()``;
     never returns. (As little as possible runs here: in a fresh child every object
@@ -236,6 +240,7 @@ class Zygote:
         self.netns_error = ""
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.wake_r, self.wake_w = r, w
+        self.handlers: tuple = ()  # our signal handlers (see start)
 
     def start(self) -> None:
         isolation.set_thread_name(b"ms-zygote")
@@ -245,12 +250,15 @@ class Zygote:
                                         int(self.cfg["uid_count"]), int(self.cfg["pool"]))
             for uid in self.free_uids:  # leftovers of a previous, crashed owner
                 sweep_uid(uid)
-        signal.signal(signal.SIGCHLD, lambda *_: None)
+        # (the handlers are also kept referenced here: a child that resets them must
+        # not deallocate them — every object freed there costs copy-on-write faults)
+        self.handlers = (_ignore_signal, self._on_sigterm)
+        signal.signal(signal.SIGCHLD, self.handlers[0])
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         # (children are forked with fork_light: until they reset them, these handlers
         # are theirs too, so they act only in the zygote itself)
-        signal.signal(signal.SIGTERM, self._on_sigterm)
+        signal.signal(signal.SIGTERM, self.handlers[1])
         child_mod.POLICY.clear()
         child_mod.POLICY.update(self.cfg.get("policy") or isolation.DEFAULT_POLICY)
         child_mod.CEILING.clear()
