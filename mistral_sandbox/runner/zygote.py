@@ -313,11 +313,11 @@ class Zygote:
         poller = select.poll()
         poller.register(self.ctl.fileno(), select.POLLIN)
         poller.register(self.wake_r, select.POLLIN)
-        low = self.warm_target // 2  # refill in batches: when half the pool is used
         while True:
             # Requests and exits first; the warm pool is refilled only when idle, so a
-            # refill fork never delays a request or an exit report.
-            refill = len(self.idle) <= low and len(self.idle) < self.warm_target and \
+            # refill fork never delays a request or an exit report. (Whatever is missing
+            # then is forked in one batch, announced in one message.)
+            refill = len(self.idle) < self.warm_target and \
                 bool(self.free_uids or not self.root)
             timeout = None
             if refill:
