@@ -111,18 +111,35 @@ def _reject_ext(code: int, data: bytes) -> Any:
 
 
 def depth_ok(value: Any, limit: int = MAX_DEPTH) -> bool:
-    """True if lists/maps in ``value`` nest at most ``limit`` levels (iterative walk)."""
+    """True if lists/maps in ``value`` nest at most ``limit`` levels (iterative walk,
+    over containers only)."""
+    if not isinstance(value, (list, tuple, dict)):
+        return True
     stack = [(value, 0)]
     while stack:
         v, d = stack.pop()
-        if isinstance(v, (list, tuple)):
-            if d >= limit:
-                return False
-            stack.extend((x, d + 1) for x in v)
-        elif isinstance(v, dict):
-            if d >= limit:
-                return False
-            stack.extend((x, d + 1) for x in v.values())
+        if d >= limit:
+            return False
+        for x in (v.values() if isinstance(v, dict) else v):
+            if isinstance(x, (list, tuple, dict)):
+                stack.append((x, d + 1))
+    return True
+
+
+# Bytes that can start a msgpack map or array (fixmap, fixarray, array16/32, map16/32):
+# a body with at most MAX_DEPTH of them cannot nest deeper, whatever else it holds.
+_CONTAINER_BYTES = bytes(1 if 0x80 <= b <= 0x9f or 0xdc <= b <= 0xdf else 0
+                         for b in range(256))
+_COUNT_CONTAINERS_UP_TO = 1 << 16  # larger bodies: the walk (counting copies the body)
+
+
+def _may_be_too_deep(body: bytes) -> bool:
+    """False if ``body`` certainly nests at most MAX_DEPTH levels (every nesting level
+    costs at least one byte, and a container header byte from a known set)."""
+    if len(body) <= MAX_DEPTH:
+        return False
+    if len(body) <= _COUNT_CONTAINERS_UP_TO:
+        return body.translate(_CONTAINER_BYTES).count(1) > MAX_DEPTH
     return True
 
 
@@ -139,8 +156,7 @@ def unpackb(body: bytes) -> Any:
         raise ProtocolError("undecodable message: %s: %s" % (type(exc).__name__, exc)) from None
     except Exception as exc:  # any other decoder complaint is still the peer's fault
         raise ProtocolError("undecodable message: %s: %s" % (type(exc).__name__, exc)) from None
-    # every nesting level costs at least one byte: a short body cannot be too deep
-    if len(body) > MAX_DEPTH and not depth_ok(obj):
+    if _may_be_too_deep(body) and not depth_ok(obj):
         raise ProtocolError("message nested deeper than %d levels" % MAX_DEPTH)
     return obj
 

@@ -124,3 +124,27 @@ def test_depth_limit_holds_at_the_boundary():
     protocol.unpackb(nested(protocol.MAX_DEPTH))  # exactly the limit: accepted
     with pytest.raises(protocol.ProtocolError, match="nested deeper"):
         protocol.unpackb(nested(protocol.MAX_DEPTH + 1))
+
+
+def test_depth_limit_over_long_bodies():
+    """Bodies too long for the byte-count shortcut, or full of container-like bytes
+    inside strings, are walked: deep ones are refused, shallow ones accepted."""
+    def nested(levels, pad=0):
+        inner = ["x" * pad] if pad else []
+        return msgpack.packb(functools.reduce(lambda inner, _: [inner], range(levels - 1), inner))
+    long_pad = (1 << 16) + 10
+    protocol.unpackb(nested(protocol.MAX_DEPTH, pad=long_pad))
+    with pytest.raises(protocol.ProtocolError, match="nested deeper"):
+        protocol.unpackb(nested(protocol.MAX_DEPTH + 1, pad=long_pad))
+    lookalike = msgpack.packb({"s": "\x90" * 500, "b": b"\x80\xdc" * 500, "l": [[1], [2]]})
+    assert protocol.unpackb(lookalike)["l"] == [[1], [2]]
+    with pytest.raises(protocol.ProtocolError, match="nested deeper"):
+        protocol.unpackb(msgpack.packb({"s": "\x90" * 500, "deep": functools.reduce(
+            lambda inner, _: [inner], range(protocol.MAX_DEPTH + 1), [])}))
+
+
+def test_depth_ok_counts_only_containers():
+    assert protocol.depth_ok(5) and protocol.depth_ok("x" * 1000)
+    assert protocol.depth_ok({"a": [1, {"b": (2, 3)}]}, limit=4)  # 4 levels
+    assert not protocol.depth_ok({"a": [1, {"b": (2, 3)}]}, limit=3)
+    assert protocol.depth_ok([], limit=1) and not protocol.depth_ok([[]], limit=1)
