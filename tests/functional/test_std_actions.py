@@ -134,6 +134,15 @@ def test_stdout_and_stderr_are_captured(sandbox, clean):
     assert out.stdout_bytes == 10
 
 
+def test_unflushed_output_is_captured_when_the_action_fails(sandbox, clean):
+    """The child flushes and closes stdout/stderr before its final reply, on the error
+    path too: text still in Python's buffers when the action raised is delivered."""
+    out = sandbox.run("sample_actions:PrintsPartialThenRaises")
+    assert out.exit_reason == "action_error" and "after printing" in out.message
+    assert out.stdout == "partial out"
+    assert out.stderr == "partial err"
+
+
 def test_action_logging_is_forwarded(sandbox, clean):
     out = sandbox.run("sample_actions:Logs")
     assert out.ok
