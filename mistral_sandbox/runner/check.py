@@ -17,7 +17,7 @@ from typing import Any, Dict, Optional
 from mistral_sandbox.runner import isolation
 
 STEP_DESCRIPTIONS = {
-    "session": "own session and process group (whole group killed at the end)",
+    "session": "own process group in the zygote's terminal-less session (group killed at the end)",
     "fds": "only stdio and the channel fd are open",
     "environment": "environment replaced by PATH, HOME, TMPDIR, LANG, LC_ALL",
     "scratch": "private scratch dir as cwd/HOME/TMPDIR, removed afterwards",

