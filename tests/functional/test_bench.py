@@ -44,3 +44,13 @@ def test_busy_cpu_seconds_grows_with_work():
     while time.process_time() < deadline:
         pass
     assert bench.busy_cpu_seconds() > before
+
+
+def test_install_kind_tells_an_installed_package_from_a_source_tree(monkeypatch):
+    import mistral_sandbox
+    monkeypatch.setattr(mistral_sandbox, "__file__",
+                        "/v/lib/python3.11/site-packages/mistral_sandbox/__init__.py")
+    assert bench.install_kind() == "site-packages"
+    monkeypatch.setattr(mistral_sandbox, "__file__", "/src/mistral_sandbox/__init__.py")
+    assert bench.install_kind() == "source tree"
+    assert bench.machine_facts()["install"] == "source tree"
