@@ -206,8 +206,10 @@ def new_session(report: Report) -> None:
     the kernel groups tasks by session (``CONFIG_SCHED_AUTOGROUP``, on by default
     in common distributions): each preparing or running child then weighs as much
     as the whole supervisor, and a task group is created and destroyed per child.
-    Sharing the zygote's group, measured back to back: p99 5.8 -> 4.7 ms; one
-    request at a time (idle pool) p50 0.76 -> 0.53 ms.
+    Sharing the zygote's group (interleaved runs, 6 and 8 rounds): one request at a
+    time (idle pool) p50 0.76 -> 0.53 and 0.81 -> 0.52 ms; back to back p99 5.8 ->
+    4.7 and 5.7 -> 5.0 ms, p50 1.32 -> 1.34 and 1.29 -> 1.36 ms (a request now shares
+    its group's CPU with the children being prepared).
     """
     try:
         os.setpgid(0, 0)
