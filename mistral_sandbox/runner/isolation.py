@@ -29,7 +29,7 @@ import resource
 import signal
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
@@ -84,6 +84,9 @@ del _name
 _libc_gil = ctypes.PyDLL(None, use_errno=True)
 _libc_gil.fork.restype = ctypes.c_int
 _libc_gil.fork.argtypes = ()
+for _name in ("unshare", "setns"):
+    getattr(_libc_gil, _name).restype = ctypes.c_int
+del _name
 
 
 def fork_light() -> int:
@@ -111,6 +114,46 @@ def fork_light() -> int:
         if random is not None:
             random.seed()
     return pid
+
+
+class PidNamespaceForker:
+    """``fork_light`` with the child as pid 1 of a new pid namespace: ``unshare
+    (CLONE_NEWPID)``, fork, then ``setns`` back to ours (``pidns_fd``) so the next fork
+    can do it again.
+
+    Lean on purpose: after each fork every page the caller writes is a copy-on-write
+    fault (the new child still shares it), and the zygote forks for every execution.
+    The ctypes arguments are converted once, messages are only formatted on failure,
+    and libc is called with the GIL held (nothing to release it for).
+    """
+
+    __slots__ = ("_flag", "_fd", "_unshare", "_setns", "_fork")
+
+    def __init__(self, pidns_fd: int):
+        self._flag = ctypes.c_int(CLONE_NEWPID)
+        self._fd = ctypes.c_int(pidns_fd)
+        self._unshare = _libc_gil.unshare
+        self._setns = _libc_gil.setns
+        self._fork = _libc_gil.fork
+
+    def fork(self) -> Tuple[int, str]:
+        """(pid, "") — 0 in the child, pid 1 of its namespace — or, if the namespace
+        could not be created, ``(pid, why)`` of a plain fork. Raises OSError if fork
+        fails (the caller is back in its own namespace then)."""
+        if self._unshare(self._flag) != 0:
+            return fork_light(), "unshare(pid): %s" % os.strerror(ctypes.get_errno())
+        pid = self._fork()
+        if pid == 0:  # the child: stays in the new namespace (its children too)
+            random = sys.modules.get("random")  # (as fork_light does)
+            if random is not None:
+                random.seed()
+            return 0, ""
+        err = ctypes.get_errno() if pid < 0 else 0
+        if self._setns(self._fd, self._flag) != 0:  # (cannot fail for our own namespace)
+            raise OSError(ctypes.get_errno(), "setns(pid) back to our own namespace failed")
+        if pid < 0:
+            raise OSError(err, "fork: %s" % os.strerror(err))
+        return pid, ""
 
 
 class IsolationError(Exception):

@@ -236,6 +236,7 @@ class Zygote:
         self.warm_paused_until = 0.0
         self.children_path = "/proc/%d/task/%d/children" % (self.pid, self.pid)
         self.pidns_fd: Optional[int] = None
+        self.pidns_forker: Optional[isolation.PidNamespaceForker] = None
         self.netns_fd: Optional[int] = None  # the network namespace children share
         self.netns_error = ""
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -266,6 +267,7 @@ class Zygote:
         child_mod.CEILING_PLAN[:] = isolation.rlimit_plan(child_mod.CEILING)
         if child_mod.POLICY.get("pid_ns") != isolation.OFF:
             self.pidns_fd = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+            self.pidns_forker = isolation.PidNamespaceForker(self.pidns_fd)
         if child_mod.POLICY.get("net_ns") != isolation.OFF and self.root:
             try:
                 isolation.SHARED_NETNS[0] = self.netns_fd = isolation.make_shared_netns()
@@ -392,25 +394,19 @@ class Zygote:
         ``child_mod.PID_NS`` tells the child whether that worked ("" = yes, else why not).
         Returns (pid, whether the child has its own pid namespace).
         """
-        child_mod.PID_NS[0] = None
-        if self.pidns_fd is not None:
-            try:
-                isolation.unshare(isolation.CLONE_NEWPID, "pid")
-                child_mod.PID_NS[0] = ""
-            except OSError as exc:
-                child_mod.PID_NS[0] = str(exc)
-        unshared = child_mod.PID_NS[0] == ""
-        try:
+        forker = self.pidns_forker
+        if forker is None:
+            child_mod.PID_NS[0] = None
             pid = isolation.fork_light()
-        except OSError:
-            if unshared:
-                isolation.setns(self.pidns_fd, isolation.CLONE_NEWPID)
-            raise
+            why = None
+        else:
+            child_mod.PID_NS[0] = ""  # (what the child reads if the namespace is made)
+            pid, why = forker.fork()
         if pid == 0:
+            if why:
+                child_mod.PID_NS[0] = why
             _child_start(run)  # never returns
-        if unshared:
-            isolation.setns(self.pidns_fd, isolation.CLONE_NEWPID)
-        return pid, unshared
+        return pid, why == ""
 
     def fork(self, exec_id: int, fds: List[int], network: bool) -> None:
         """Start execution ``exec_id`` in a child forked now (the cold path)."""

@@ -111,3 +111,45 @@ def test_check_shows_a_required_step_that_fails():
     assert verdicts["seccomp"] == "FAILS"
     assert verdicts["no_new_privs"] == "enforced"
     assert "isolation step seccomp failed" in result["error"]
+
+
+_FORKER_SCRIPT = r"""
+import ctypes, errno, json, os, sys
+from mistral_sandbox.runner import isolation
+if os.geteuid() != 0:
+    print(json.dumps({"skip": "not root"})); sys.exit(0)
+own = os.readlink("/proc/self/ns/pid_for_children")
+forker = isolation.PidNamespaceForker(os.open("/proc/self/ns/pid", os.O_RDONLY))
+if sys.argv[1] == "fail":  # unshare refused: a plain fork, and why
+    def refuse(_flag):
+        ctypes.set_errno(errno.EPERM)
+        return -1
+    forker._unshare = refuse
+r, w = os.pipe()
+pid, why = forker.fork()
+if pid == 0:
+    os.write(w, json.dumps({"pid": os.getpid(), "why": why}).encode())
+    os._exit(0)
+os.close(w)
+child = json.loads(os.read(r, 4096))
+os.waitpid(pid, 0)
+print(json.dumps({"child": child, "why": why, "pid": pid,
+                  "back_home": os.readlink("/proc/self/ns/pid_for_children") == own}))
+"""
+
+
+@pytest.mark.parametrize("case", ["ok", "fail"])
+def test_pid_namespace_forker(case):
+    """The zygote's fork: the child is pid 1 of a new namespace and the zygote is back in
+    its own for the next fork; if the namespace cannot be made, a plain fork says why."""
+    out = subprocess.run([sys.executable, "-c", _FORKER_SCRIPT, case], capture_output=True,
+                         text=True, timeout=30, check=True).stdout
+    res = json.loads(out)
+    if "skip" in res:
+        pytest.skip(res["skip"])  # (the suite runs as root in CI)
+    assert res["back_home"] is True and res["pid"] > 1
+    if case == "ok":
+        assert res["why"] == "" and res["child"] == {"pid": 1, "why": ""}
+    else:
+        assert res["why"] == "unshare(pid): %s" % os.strerror(1)
+        assert res["child"]["pid"] == res["pid"] and res["child"]["why"] == res["why"]
