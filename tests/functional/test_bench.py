@@ -54,3 +54,17 @@ def test_install_kind_tells_an_installed_package_from_a_source_tree(monkeypatch)
     monkeypatch.setattr(mistral_sandbox, "__file__", "/src/mistral_sandbox/__init__.py")
     assert bench.install_kind() == "source tree"
     assert bench.machine_facts()["install"] == "source tree"
+
+
+def test_ab_compare_measures_one_round_of_a_source_tree():
+    import json
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "ab_compare.py"),
+                          "--measure", root, "--n", "20"], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    r = json.loads(out.strip().splitlines()[-1])
+    assert r["cpu_ms"] > 0 and r["faults"] > 0
+    assert 0 < r["b2b_p50_ms"] <= r["b2b_p99_ms"] and r["paced_p50_ms"] > 0
