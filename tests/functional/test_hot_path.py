@@ -40,10 +40,20 @@ def test_a_request_runs_in_a_child_that_was_waiting_warm(sandbox, clean):
 
 
 def test_outcome_arrives_before_the_slot_is_freed(no_leaks):
-    """Delivered on reply + EOF; the execution holds its slot until the zygote reaped it."""
+    """Delivered on reply + EOF; the execution holds its slot until the zygote reaped it.
+
+    The zygote is stopped while the request runs, so it cannot report the child's exit
+    (otherwise which comes first, the report or the last EOF, is a race)."""
     with Sandbox(max_workers=1, extra_path=[FIXTURES]) as sb:
-        out = sb.run("std.noop")
-        assert out.ok and out.usage.source == "child" and out.exit_status is None
+        assert wait_for(lambda: len(sb.warm_pids()) == sb.warm)
+        zygote = sb.zygote_info["pid"]
+        os.kill(zygote, signal.SIGSTOP)
+        try:
+            out = sb.submit("std.noop").result(timeout=10)  # (not waiting for the exit)
+            assert out.ok and out.usage.source == "child" and out.exit_status is None
+            assert sb.running_pids()  # delivered, its slot still held
+        finally:
+            os.kill(zygote, signal.SIGCONT)
         # the slot comes back once the exit is reported: the next run is not refused
         assert wait_for(lambda: not sb.running_pids())
         assert sb.run("std.noop").ok
