@@ -12,9 +12,10 @@ def test_echo_returns_its_input(sandbox, clean):
     assert out.exit_reason == "ok", out.message
     assert out.result == Result(payload)
     assert out.usage.wall > 0 and out.usage.max_rss > 0
-    # delivered as soon as the child replied and closed its streams: the process is
-    # still exiting, so usage is the child's own measure and there is no exit status
-    assert out.usage.source == "child" and out.exit_status is None
+    # delivered as soon as the child replied and closed its streams (the process still
+    # exiting: the child's own usage, no exit status) — unless the exit report won the
+    # race (then the kernel's); test_hot_path pins the early delivery down
+    assert (out.usage.source, out.exit_status) in (("child", None), ("kernel", 0))
 
 
 def test_wait_exit_gives_the_kernels_account(no_leaks):
