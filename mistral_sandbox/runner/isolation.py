@@ -252,7 +252,9 @@ def new_session(report: Report) -> None:
     Sharing the zygote's group (interleaved runs, 6 and 8 rounds): one request at a
     time (idle pool) p50 0.76 -> 0.53 and 0.81 -> 0.52 ms; back to back p99 5.8 ->
     4.7 and 5.7 -> 5.0 ms, p50 1.32 -> 1.34 and 1.29 -> 1.36 ms (a request now shares
-    its group's CPU with the children being prepared).
+    its group's CPU with the children being prepared). Beside 6 CPU-spinning actions,
+    std.noop every 10 ms (3 rounds): p50 1.3–4.0 -> 0.7–1.8 ms, p90 8–13 -> 6 ms — the
+    hogs no longer each weigh as much as the supervisor.
     """
     try:
         os.setpgid(0, 0)
