@@ -8,7 +8,14 @@ Scenarios (each: p50/p95/p99 latency in ms, and throughput where it applies):
 * ``fresh-interpreter``  ``python -I -c ...`` per action: imports the API, loads the
                    action, reads msgpack params on stdin, prints the result (StackStorm's
                    model);
-* ``sandbox``      ``Sandbox.run`` with the configured (default: full) isolation.
+* ``sandbox``      ``Sandbox.run`` with the configured (default: full) isolation: back
+                   to back from one thread (this saturates the machine: each call's
+                   replacement child is prepared while the next call runs), and one at
+                   a time at each offered rate of :data:`LOAD_RATES` (an executor
+                   receiving work at that rate), each row with the rate reached and the
+                   share of the machine kept busy.
+
+Every ``sandbox noop`` row is checked against :data:`TARGETS` (:func:`check_targets`).
 
 Plus throughput with 1/2/4/8 concurrent submitters, RSS of supervisor + zygote (idle,
 under load) and per child, the scaling curves (concurrency up to 64, payload 1 KB to
@@ -55,7 +62,12 @@ if isinstance(value, Result):
 sys.stdout.buffer.write(msgpack.packb(value, use_bin_type=True))
 """
 
-PACED_RATES = (100, 250)  # requests per second, one at a time
+# offered load, requests per second sent one at a time on a schedule: the latency of an
+# executor's actions as its rate grows towards what the machine can do
+LOAD_RATES = (100, 200, 300, 400, 500)
+# the targets of the performance work (issue 4), checked against every sandbox noop row
+TARGETS = {"p50_ms": 1.5, "p99_ms": 5.0, "p50_over_fork_floor": 3.0,
+           "fresh_interpreter_over_p50": 25.0}
 ECHO = "mistral_sandbox.actions.std:EchoAction"
 NOOP = "mistral_sandbox.actions.std:NoOpAction"
 
@@ -143,18 +155,30 @@ def machine_facts() -> Dict[str, Any]:
 
 
 def paced(fn: Callable[[], Any], n: int, rate: float, label: str,
-          progress: Progress) -> List[float]:
+          progress: Progress, clock: Callable[[], float] = time.perf_counter,
+          sleep: Callable[[float], None] = time.sleep) -> List[float]:
     """Latency of ``fn`` called one at a time on a fixed schedule of ``rate`` per second
-    (an executor receiving work at that rate); a late call starts the next at once."""
+    (an executor receiving work at that rate); one sample (seconds) per call.
+
+    A call its predecessor made late starts at once and its sample counts from the
+    moment it was due, so a slow call also shows in the calls it delayed (no
+    coordinated omission); a call on time counts from its actual start (the
+    harness's own oversleep is not the sandbox's)."""
     out = []
-    start = time.perf_counter()
+    start = clock()
+    previous_end = start
     for i in range(n):
-        delay = start + i / rate - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
-        t = time.perf_counter()
+        due = start + i / rate
+        if previous_end > due:
+            begin = due
+        else:
+            delay = due - clock()
+            if delay > 0:
+                sleep(delay)
+            begin = clock()
         fn()
-        out.append(time.perf_counter() - t)
+        previous_end = clock()
+        out.append(previous_end - begin)
         progress.show(label, i + 1, n)
     return out
 
@@ -252,12 +276,16 @@ def run(quick: bool = False, soak: int = 0, isolation: Optional[dict] = None,
                                    % (out.exit_reason, out.message))
             return out
 
+        cpu0, t0 = busy_cpu_seconds(), time.perf_counter()
         lat["sandbox noop"] = stats(timed(lambda: check(sb.run("std.noop")), n_b2b,
                                           "sandbox noop", progress))
-        for rate in PACED_RATES:
-            lat["sandbox noop @%d/s" % rate] = stats(paced(
-                lambda: check(sb.run("std.noop")), n, rate, "sandbox noop @%d/s" % rate,
-                progress))
+        lat["sandbox noop"].update(_load(n_b2b, t0, cpu0))
+        for rate in LOAD_RATES:
+            label = "sandbox noop @%d/s" % rate
+            cpu0, t0 = busy_cpu_seconds(), time.perf_counter()
+            lat[label] = stats(paced(lambda: check(sb.run("std.noop")), n, rate, label,
+                                     progress))
+            lat[label].update(_load(n, t0, cpu0), offered_per_second=rate)
         lat["sandbox echo 1KB"] = stats(timed(lambda: check(sb.run("std.echo", {"output": kb})),
                                               n_b2b, "sandbox echo 1KB", progress))
         lat["sandbox echo 1MB"] = stats(timed(lambda: check(sb.run("std.echo", {"output": mb})),
@@ -323,16 +351,56 @@ def run(quick: bool = False, soak: int = 0, isolation: Optional[dict] = None,
 
     floor = lat["fork-floor"]["p50_ms"]
     sandbox = lat["sandbox noop"]["p50_ms"]
-    paced_p50 = lat["sandbox noop @%d/s" % PACED_RATES[0]]["p50_ms"]
     fresh = lat["fresh-interpreter noop"]["p50_ms"]
     report["ratios"] = {
         "sandbox_noop_over_fork_floor_p50": sandbox / floor,
         "fresh_interpreter_over_sandbox_p50": fresh / sandbox,
         "sandbox_over_in_process_p50": sandbox / lat["in-process noop"]["p50_ms"],
-        "paced_sandbox_noop_over_fork_floor_p50": paced_p50 / floor,
-        "fresh_interpreter_over_paced_sandbox_p50": fresh / paced_p50,
     }
+    report["targets"] = check_targets(report)
     return report
+
+
+def _load(n: int, t0: float, cpu0: float) -> Dict[str, float]:
+    """What a row of ``n`` calls begun at ``t0`` (``busy_cpu_seconds`` was ``cpu0``)
+    asked of the machine: calls per second, and the share of all CPUs kept busy."""
+    wall = time.perf_counter() - t0
+    busy = (busy_cpu_seconds() - cpu0) / (wall * (os.cpu_count() or 1))
+    return {"achieved_per_second": n / wall, "machine_busy_pct": 100.0 * busy}
+
+
+def check_targets(report: Dict[str, Any]) -> Dict[str, Any]:
+    """Every ``sandbox noop`` row (back to back, and each offered rate) against
+    :data:`TARGETS`, with the ratios to the fork floor and the fresh interpreter.
+
+    Returns ``{"rows": {name: {...ratios, "met": bool, "missed": [target, ...]}},
+    "met_up_to_per_second": the highest offered rate up to which every rate met all
+    targets (0: none), "capacity_per_second": the best noop throughput measured}``.
+    """
+    lat = report["latency"]
+    floor = lat["fork-floor"]["p50_ms"]
+    fresh = lat["fresh-interpreter noop"]["p50_ms"]
+    rows = {}
+    for name, s in lat.items():
+        if name != "sandbox noop" and not name.startswith("sandbox noop @"):
+            continue
+        values = {"p50_ms": s["p50_ms"], "p99_ms": s["p99_ms"],
+                  "p50_over_fork_floor": s["p50_ms"] / floor,
+                  "fresh_interpreter_over_p50": fresh / s["p50_ms"]}
+        missed = [k for k, limit in TARGETS.items()
+                  if (values[k] < limit if k == "fresh_interpreter_over_p50"
+                      else values[k] > limit)]
+        rows[name] = dict(values, met=not missed, missed=missed)
+    met_up_to = 0
+    for name, s in sorted(((k, v) for k, v in lat.items() if "offered_per_second" in v),
+                          key=lambda kv: kv[1]["offered_per_second"]):
+        if not rows[name]["met"]:
+            break
+        met_up_to = s["offered_per_second"]
+    capacity = max([t["per_second"] for t in report.get("throughput", ())
+                    if t.get("action") == "std.noop"] or [0])
+    return {"rows": rows, "met_up_to_per_second": met_up_to,
+            "capacity_per_second": capacity}
 
 
 def format_table(report: Dict[str, Any]) -> str:
@@ -350,13 +418,7 @@ def format_table(report: Dict[str, Any]) -> str:
         lines.append("%-28s %9.0f %9.3f %9.3f %9.2f" % row)
     lines.append("(CPU ms: busy CPU time of the whole machine per execution)")
     lines.append("")
-    r = report["ratios"]
-    lines.append("ratios (p50): sandbox/fork-floor %.1fx (paced %.1fx)   fresh-interpreter/"
-                 "sandbox %.1fx (paced %.1fx)" % (
-                     r["sandbox_noop_over_fork_floor_p50"],
-                     r.get("paced_sandbox_noop_over_fork_floor_p50", 0),
-                     r["fresh_interpreter_over_sandbox_p50"],
-                     r.get("fresh_interpreter_over_paced_sandbox_p50", 0)))
+    lines.extend(format_targets(report))
     m = report["memory"]
     lines.append("memory: idle supervisor %.1f MiB + zygote %.1f MiB; peak under load %.1f MiB;"
                  " child max RSS p50 %.1f MiB" % (
@@ -379,6 +441,50 @@ def format_table(report: Dict[str, Any]) -> str:
         mf["cpus"], mf["cpu_model"] or "?", mf["kernel"], mf["python"],
         "root" if mf["root"] else "not root", mf.get("install", "?")))
     return "\n".join(lines)
+
+
+def _plot_load(ax, report: Dict[str, Any]) -> None:
+    """p50/p99 of std.noop against the rate it was offered, the back-to-back row at the
+    rate it reached, and the strictest p50 target and the p99 target as lines."""
+    from matplotlib.ticker import ScalarFormatter
+    lat = report["latency"]
+    load = sorted((v for v in lat.values() if "offered_per_second" in v),
+                  key=lambda v: v["offered_per_second"])
+    rates = [v["offered_per_second"] for v in load]
+    ax.plot(rates, [v["p50_ms"] for v in load], "o-", label="p50, one at a time")
+    ax.plot(rates, [v["p99_ms"] for v in load], "s-", label="p99, one at a time")
+    b2b = lat["sandbox noop"]
+    if "achieved_per_second" in b2b:
+        ax.plot([b2b["achieved_per_second"]] * 2, [b2b["p50_ms"], b2b["p99_ms"]], "kx",
+                markersize=9, label="back to back (p50, p99)")
+    strict = min(TARGETS["p50_ms"],
+                 TARGETS["p50_over_fork_floor"] * lat["fork-floor"]["p50_ms"],
+                 lat["fresh-interpreter noop"]["p50_ms"] / TARGETS["fresh_interpreter_over_p50"])
+    ax.axhline(strict, color="C0", linestyle=":", label="p50 target (%.2f ms)" % strict)
+    ax.axhline(TARGETS["p99_ms"], color="C1", linestyle=":", label="p99 target")
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.set_xlabel("std.noop offered (per s)")
+    ax.set_ylabel("latency (ms, log scale)")
+    ax.set_title("latency vs offered load")
+    ax.legend(fontsize="small", loc="center left")
+
+
+def format_targets(report: Dict[str, Any]) -> List[str]:
+    """The target check (:func:`check_targets`) as lines of the table."""
+    t = report["targets"]
+    lines = ["targets: p50 <= %.1f ms, p99 <= %.0f ms, p50 <= %.0fx fork-floor, "
+             "fresh-interpreter >= %.0fx p50" % tuple(TARGETS.values())]
+    for name, row in t["rows"].items():
+        s = report["latency"][name]
+        lines.append("  %-26s %5.0f/s, machine %3.0f%% busy: %.1fx fork-floor, %.1fx fresh"
+                     " -> %s" % (name, s.get("achieved_per_second", 0),
+                                 s.get("machine_busy_pct", 0), row["p50_over_fork_floor"],
+                                 row["fresh_interpreter_over_p50"],
+                                 "met" if row["met"] else "missed: " + ", ".join(row["missed"])))
+    lines.append("  all targets met at every offered rate up to %d/s (noop capacity "
+                 "measured: %.0f/s)" % (t["met_up_to_per_second"], t["capacity_per_second"]))
+    return lines
 
 
 def _size(n: int) -> str:
@@ -417,7 +523,7 @@ def save(report: Dict[str, Any], directory: str) -> List[str]:
     p1 = os.path.join(directory, "bench-%s-latency.png" % stamp)
     fig.savefig(p1, dpi=110)
     plt.close(fig)
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(16, 4.4))
     conc = report["scaling"]["concurrency"]
     a1.plot([c["concurrency"] for c in conc], [c["per_second"] for c in conc], "o-",
             label="actions/s")
@@ -436,6 +542,7 @@ def save(report: Dict[str, Any], directory: str) -> List[str]:
     a2.set_xlabel("std.echo payload (bytes)")
     a2.set_ylabel("p50 latency (ms)")
     a2.set_title("latency vs payload")
+    _plot_load(a3, report)
     fig.tight_layout()
     p2 = os.path.join(directory, "bench-%s-scaling.png" % stamp)
     fig.savefig(p2, dpi=110)
