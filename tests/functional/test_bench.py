@@ -121,6 +121,21 @@ def test_table_shows_the_verdict_of_every_row():
     lines = bench.format_targets(report)
     assert "missed: p50_over_fork_floor, fresh_interpreter_over_p50" in lines[1]
     assert lines[2].endswith("-> met") and "up to 100/s" in lines[-1]
+    assert not any("CPU per execution" in line for line in lines)
+    report["latency"]["sandbox noop"].update(mean_ms=1.6, cpu_ms_per_execution=3.0)
+    report["machine"] = {"cpus": 2}
+    assert "mean 1.60 ms >= CPU per execution 3.00 ms / 2 CPUs = 1.50 ms" in "\n".join(
+        bench.format_targets(report))
+
+
+def test_load_row_reports_rate_busy_share_and_cpu_per_call():
+    cpu0, t0 = bench.busy_cpu_seconds(), time.perf_counter()
+    deadline = time.process_time() + 0.05
+    while time.process_time() < deadline:
+        pass
+    r = bench._load(10, t0, cpu0)
+    assert r["achieved_per_second"] > 0 and r["cpu_ms_per_execution"] > 0
+    assert r["machine_busy_pct"] > 0  # (no upper check: /proc/stat counts in 10 ms ticks)
 
 
 def test_busy_cpu_seconds_grows_with_work():
