@@ -233,8 +233,9 @@ def own_fds(sandbox) -> int:
 
 
 def run(quick: bool = False, soak: int = 0, isolation: Optional[dict] = None,
-        progress: Optional[Progress] = None) -> Dict[str, Any]:
-    """All scenarios; returns the plain-data report."""
+        progress: Optional[Progress] = None, warm: Optional[int] = None) -> Dict[str, Any]:
+    """All scenarios; returns the plain-data report. ``isolation``: policy overrides;
+    ``warm``: the sandboxes' warm pool size (None: Sandbox's default)."""
     from mistral_sandbox.actions.std import EchoAction, NoOpAction
     from mistral_sandbox.api import ActionContext
     from mistral_sandbox.runner.supervisor import Sandbox
@@ -261,7 +262,8 @@ def run(quick: bool = False, soak: int = 0, isolation: Optional[dict] = None,
         lambda: fresh_interpreter(ECHO, {"output": kb}), fresh_n, "fresh-interpreter 1KB",
         progress))
 
-    with Sandbox(max_workers=8, isolation=isolation) as sb:
+    with Sandbox(max_workers=8, isolation=isolation, warm=warm) as sb:
+        report["warm_pool"] = sb.warm
         me = psutil.Process()
         time.sleep(0.5)  # let the warm pool fill before measuring idle memory
         zygote = sb.zygote_info["pid"]
@@ -329,14 +331,16 @@ def run(quick: bool = False, soak: int = 0, isolation: Optional[dict] = None,
     conc = [1, 2, 4, 8, 16, 32, 64] if not quick else [1, 4, 16, 64]
     report["scaling"]["concurrency"] = []
     for c in conc:
-        with Sandbox(max_workers=c, isolation=isolation) as sb:
+        with Sandbox(max_workers=c, isolation=isolation,
+                     warm=None if warm is None else min(warm, c)) as sb:
             per = max(4, (40 if quick else 120) // c)
             r = throughput(sb, c, per, {"output": kb})
             r["concurrency"] = c
             report["scaling"]["concurrency"].append(r)
             progress.show("scaling: concurrency %d" % c, 1, 1)
     report["scaling"]["payload"] = []
-    with Sandbox(max_workers=2, isolation=isolation) as sb:
+    with Sandbox(max_workers=2, isolation=isolation,
+                 warm=None if warm is None else min(warm, 2)) as sb:
         for size in (1024, 10 * 1024, 100 * 1024, 1024 ** 2, 10 * 1024 ** 2):
             payload = {"output": "x" * size}
             reps = 10 if size >= 1024 ** 2 else 40
@@ -440,9 +444,10 @@ def format_table(report: Dict[str, Any]) -> str:
     lines.append("scaling, payload: " + "  ".join(
         "%s: p50 %.1fms" % (_size(p["bytes"]), p["p50_ms"]) for p in report["scaling"]["payload"]))
     mf = report["machine"]
-    lines.append("machine: %s CPUs %s, kernel %s, Python %s, %s, package from %s" % (
-        mf["cpus"], mf["cpu_model"] or "?", mf["kernel"], mf["python"],
-        "root" if mf["root"] else "not root", mf.get("install", "?")))
+    lines.append("machine: %s CPUs %s, kernel %s, Python %s, %s, package from %s; warm pool %s"
+                 % (mf["cpus"], mf["cpu_model"] or "?", mf["kernel"], mf["python"],
+                    "root" if mf["root"] else "not root", mf.get("install", "?"),
+                    report.get("warm_pool", "?")))
     return "\n".join(lines)
 
 

@@ -233,7 +233,9 @@ def cmd_bench(args) -> int:
         make_policy(policy)
     except PolicyError as exc:
         raise UsageError(str(exc)) from None
-    report = bench.run(quick=args.quick, soak=args.soak, isolation=policy,
+    if args.warm is not None and args.warm < 0:
+        raise UsageError("--warm: the warm pool size must be >= 0, got %d" % args.warm)
+    report = bench.run(quick=args.quick, soak=args.soak, isolation=policy, warm=args.warm,
                        progress=bench.Progress("always" if args.progress else True))
     report["isolation_policy"] = policy or {}
     paths = bench.save(report, args.out) if args.out else []
@@ -287,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="show progress even when stderr is not a terminal")
     bn.add_argument("--policy", action="append", metavar="STEP=LEVEL",
                     help="isolation policy override, e.g. pid_ns=off")
+    bn.add_argument("--warm", type=int, metavar="N",
+                    help="children kept prepared ahead (default: Sandbox's, 4): a larger "
+                         "pool absorbs bursts, but a saturated machine prepares more of "
+                         "them at once")
     bn.set_defaults(func=cmd_bench)
 
     chk = sub.add_parser("check", help="show what isolation this host enforces")

@@ -36,3 +36,8 @@ def test_limits_parse_and_errors():
         cli.parse_limits(["memory"])
     with pytest.raises(cli.UsageError, match="unknown limit 'speed'"):
         cli.parse_limits(["speed=3"])
+
+
+def test_bench_refuses_a_negative_warm_pool_before_measuring(capsys):
+    assert cli.main(["bench", "--warm", "-1", "--out", ""]) == cli.EXIT_USAGE
+    assert "--warm: the warm pool size must be >= 0, got -1" in capsys.readouterr().err
