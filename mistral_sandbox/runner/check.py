@@ -20,7 +20,8 @@ STEP_DESCRIPTIONS = {
     "session": "own process group in the zygote's terminal-less session (group killed at the end)",
     "fds": "only stdio and the channel fd are open",
     "environment": "environment replaced by PATH, HOME, TMPDIR, LANG, LC_ALL",
-    "scratch": "private scratch dir as cwd/HOME/TMPDIR, removed afterwards",
+    "scratch": "private scratch dir as cwd/HOME/TMPDIR (a tmpfs of scratch_size bytes "
+               "with mount_ns, else a directory removed afterwards)",
     "rlimits": "kernel rlimits: address space, CPU, files, processes, file size, core",
     "user_ns": "user namespace (non-root only)",
     "pid_ns": "pid namespace, the action as its pid 1: sees only itself; all of it dies "

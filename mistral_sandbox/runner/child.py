@@ -167,14 +167,20 @@ def prepare(report: isolation.Report, *, stdio: tuple, uid: Optional[int], scrat
             isolation.SHARED_NETNS[0] = kept[0]  # (moved if it sat where stdio goes)
         step(report, policy, "session", isolation.new_session, report)
         step(report, policy, "environment", isolation.scrub_environment, report, scratch)
-        step(report, policy, "scratch", isolation.make_scratch, report, scratch, uid)
+        # a tmpfs scratch is made by the mount_ns step; the scratch step makes a directory
+        # on the host before it (to be bind-mounted), or after it if that step failed
+        tmpfs = isolation.SCRATCH_TMPFS[0] is not None and policy.get("mount_ns") != isolation.OFF
+        if not tmpfs:
+            step(report, policy, "scratch", isolation.make_scratch, report, scratch, uid)
         step(report, policy, "user_ns", isolation.user_namespace, report)
         step(report, policy, "pid_ns", isolation.pid_namespace, report, PID_NS[0])
         # pid 1 of its own namespace: the parent (the zygote) is outside it, seen as 0
         parent = 0 if PID_NS[0] == "" else zygote_pid
         step(report, policy, "net_ns", isolation.net_namespace, report, network)
         isolation.unshare_together(policy)
-        step(report, policy, "mount_ns", isolation.mount_namespace, report, scratch)
+        step(report, policy, "mount_ns", isolation.mount_namespace, report, scratch, uid)
+        if tmpfs:
+            step(report, policy, "scratch", isolation.make_scratch, report, scratch, uid)
         if "mount_ns" not in report.applied:
             isolation.scratch_outside_view(scratch)
         step(report, policy, "ipc_ns", isolation.ipc_namespace, report)

@@ -346,7 +346,12 @@ def scratch_outside_view(scratch: str) -> None:
 
 
 def make_scratch(report: Report, path: str, uid: Optional[int]) -> str:
-    """Create the private scratch directory (0700), own it by ``uid``, chdir into it."""
+    """Create the private scratch directory (0700), own it by ``uid``, chdir into it —
+    unless the mount_ns step has already made a tmpfs the scratch directory (then
+    nothing is created on the host: returns :data:`SCRATCH_VIEW`, the cwd already)."""
+    if SCRATCH_TMPFS[0] is not None and "mount_ns" in report.applied:
+        report.ok("scratch")
+        return SCRATCH_VIEW[0]
     try:
         os.mkdir(path, 0o700)
         if uid is not None:
@@ -472,9 +477,10 @@ def unshare(flags: int, what: str) -> None:
     _check(_libc.unshare(ctypes.c_int(flags)), "unshare(%s)" % what)
 
 
-def _mount(source: Optional[str], target: str, fstype: Optional[str], flags: int) -> None:
+def _mount(source: Optional[str], target: str, fstype: Optional[str], flags: int,
+           data: Optional[bytes] = None) -> None:
     _check(_libc.mount(source.encode() if source else None, target.encode(),
-                       fstype.encode() if fstype else None, ctypes.c_ulong(flags), None),
+                       fstype.encode() if fstype else None, ctypes.c_ulong(flags), data),
            "mount %s" % target)
 
 
@@ -607,14 +613,39 @@ def _unshare_once(flag: int, what: str) -> None:
         unshare(flag, what)
 
 
-def mount_namespace(report: Report, scratch: str) -> None:
-    """Private mount namespace: everything read-only except the scratch directory, which
-    is mounted over :data:`SCRATCH_VIEW` (the action's cwd, HOME and TMPDIR; the other
-    executions' directories are out of its sight)."""
+# Size in bytes of the private tmpfs the mount_ns step mounts as the scratch directory;
+# None: the scratch directory is a directory made under the scratch root (the scratch
+# step) and bind-mounted. Set once by the zygote (``Sandbox(scratch_size=...)``).
+SCRATCH_TMPFS: List[Optional[int]] = [None]
+TMPFS_BYTES_PER_INODE = 4096  # files (and directories) a scratch tmpfs may hold: size / this
+
+
+def tmpfs_options(size: int, uid: Optional[int]) -> bytes:
+    """Mount options of a scratch tmpfs of ``size`` bytes owned by ``uid`` (None: by
+    the mounting process, i.e. root of its user namespace). The inode count is capped
+    too: empty files cost the kernel memory that ``size`` does not count."""
+    opts = "size=%d,nr_inodes=%d,mode=0700" % (size, max(64, size // TMPFS_BYTES_PER_INODE))
+    if uid is not None:
+        opts += ",uid=%d,gid=%d" % (uid, uid)
+    return opts.encode()
+
+
+def mount_namespace(report: Report, scratch: str, uid: Optional[int] = None) -> None:
+    """Private mount namespace: everything read-only except the scratch directory at
+    :data:`SCRATCH_VIEW` (the action's cwd, HOME and TMPDIR; the other executions'
+    directories are out of its sight).
+
+    The scratch directory is a new tmpfs of :data:`SCRATCH_TMPFS` bytes owned by
+    ``uid`` — it vanishes with the namespace, and bounds what an execution can write
+    in all (an action filling it gets ENOSPC) — or, without a size, the directory
+    ``scratch`` made by the scratch step, bind-mounted.
+    """
     view = SCRATCH_VIEW[0] or scratch
+    size = SCRATCH_TMPFS[0]
     _unshare_once(CLONE_NEWNS, "mnt")
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    _mount(scratch, view, None, MS_BIND | MS_NOSUID | MS_NODEV)
+    if size is None:
+        _mount(scratch, view, None, MS_BIND | MS_NOSUID | MS_NODEV)
     if IN_PID_NS[0]:  # a /proc that shows only this namespace's processes
         _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     try:
@@ -624,7 +655,10 @@ def mount_namespace(report: Report, scratch: str) -> None:
             raise
         _mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY)
         report.skip("mount_ns:recursive_ro", "mount_setattr unavailable: only / is read-only")
-    _mount_setattr(view, 0, 0, MOUNT_ATTR_RDONLY)
+    if size is None:
+        _mount_setattr(view, 0, 0, MOUNT_ATTR_RDONLY)
+    else:  # (mounted after the read-only pass: stays writable)
+        _mount("tmpfs", view, "tmpfs", MS_NOSUID | MS_NODEV, tmpfs_options(size, uid))
     os.chdir(view)
     _point_tempfile(view)
     report.ok("mount_ns")

@@ -39,7 +39,7 @@ from mistral_sandbox.api.types import Result
 from mistral_sandbox.runner import child as child_mod
 from mistral_sandbox.runner import isolation as isolation_mod
 from mistral_sandbox.runner import protocol
-from mistral_sandbox.runner.limits import DEFAULT_CEILING, Limits, clamp
+from mistral_sandbox.runner.limits import DEFAULT_CEILING, LimitError, Limits, clamp, parse_size
 from mistral_sandbox.runner.outcome import AsyncHandle, Outcome, Usage
 from mistral_sandbox.runner.zygote import WARM_PER_MESSAGE
 
@@ -56,6 +56,10 @@ DEFAULT_PRELOAD = ("mistral_sandbox.runner.child", "mistral_sandbox.actions.std"
 DEFAULT_UID_START = 1_500_000_000
 DEFAULT_UID_COUNT = 65536
 DEFAULT_WARM = 4
+# what an execution may write in its scratch directory (a tmpfs of this size): as much
+# as one file may hold under the default ceiling's file_size
+DEFAULT_SCRATCH_SIZE = DEFAULT_CEILING.file_size
+MIN_SCRATCH_SIZE = 64 * 1024
 TAIL_BYTES = 64 * 1024
 READ_CHUNK = 256 * 1024
 ZYGOTE_START_TIMEOUT = 60.0
@@ -203,7 +207,14 @@ class Sandbox:
     of time (each still serves exactly one execution; default
     ``min(max_workers, 4)``; 0 forks every child on request). At most
     ``max_queue`` executions wait for a worker; beyond that :meth:`submit`
-    raises :class:`Overloaded`.
+    raises :class:`Overloaded`. ``scratch_size`` (bytes, or a size like
+    ``"64MiB"``) is what an execution may write in its scratch directory in all:
+    with the mount_ns step, each child's scratch directory is then a private
+    tmpfs of that size (memory of the host, not counted in the action's
+    memory limit; gone with the child — an action filling it gets ENOSPC);
+    ``None`` makes it a directory under ``scratch_root`` instead (disk, no total
+    bound but the file system's). A malformed or too small size raises
+    ``LimitError``.
 
     A future resolves as soon as the child has replied and closed its channel
     and its stdout/stderr (the process is then exiting; its slot among
@@ -223,7 +234,8 @@ class Sandbox:
                  max_frame: int = protocol.DEFAULT_MAX_FRAME, python: str = sys.executable,
                  extra_path=(), isolation: Optional[Mapping[str, str]] = None,
                  seccomp_library: Optional[str] = None, warm: Optional[int] = None,
-                 max_queue: int = DEFAULT_MAX_QUEUE, wait_exit: bool = False):
+                 max_queue: int = DEFAULT_MAX_QUEUE, wait_exit: bool = False,
+                 scratch_size: Optional[Any] = DEFAULT_SCRATCH_SIZE):
         if max_workers < 1:
             raise ValueError("max_workers must be >= 1, got %r" % (max_workers,))
         policy = isolation_mod.make_policy(isolation)  # validate before allocating anything
@@ -233,6 +245,13 @@ class Sandbox:
             raise ValueError("warm must be >= 0, got %r" % (warm,))
         if max_queue < 1:
             raise ValueError("max_queue must be >= 1, got %r" % (max_queue,))
+        if scratch_size is not None:
+            scratch_size = parse_size(scratch_size, "scratch_size")  # LimitError if malformed
+            if scratch_size < MIN_SCRATCH_SIZE:
+                raise LimitError("scratch_size: at least %d bytes (or None for a directory "
+                                 "on the scratch root's file system), got %d"
+                                 % (MIN_SCRATCH_SIZE, scratch_size))
+        self.scratch_size = scratch_size
         self.max_queue = max_queue
         self.wait_exit = wait_exit
         self.warm = warm  # children the zygote keeps prepared
@@ -286,6 +305,7 @@ class Sandbox:
                 "policy": policy,
                 "seccomp_library": seccomp_library,
                 "ceiling": self.ceiling.to_dict(),
+                "scratch_size": scratch_size,
             }
             self._start_zygote()
         except BaseException:

@@ -673,6 +673,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     isolation.own_session()  # (the supervisor starts us in a new session already)
     # once, for every child (HOME/TMPDIR: where a child sees its scratch directory)
     isolation.SCRATCH_VIEW[0] = cfg["scratch_root"]
+    isolation.SCRATCH_TMPFS[0] = cfg.get("scratch_size")
     isolation.scrub_base_environment(cfg["scratch_root"])
     sys.path[:0] = cfg.get("extra_path", [])
     for name in cfg.get("preload", ()):

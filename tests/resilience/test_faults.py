@@ -120,9 +120,10 @@ def test_scratch_file_system_full_gives_a_clear_error(no_leaks):
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,nr_inodes=64,mode=0711",
                     "tmpfs", mnt], check=True)
     try:
-        # wait_exit: each run returns once its scratch directory is removed
+        # wait_exit: each run returns once its scratch directory is removed; scratch
+        # directories on the scratch root's file system (not a tmpfs each)
         with Sandbox(max_workers=1, warm=0, scratch_root=mnt, extra_path=[FIXTURES],
-                     wait_exit=True) as sb:
+                     wait_exit=True, scratch_size=None) as sb:
             # an action filling the disk gets ENOSPC (not a crash, not a hang)
             out = sb.run("hostile_actions:FillsDisk", limits={"file_size": "64MiB"})
             assert out.exit_reason == "ok" and out.result.data["error"] == "ENOSPC"
