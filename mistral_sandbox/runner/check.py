@@ -29,11 +29,13 @@ STEP_DESCRIPTIONS = {
     "net_ns": "network namespace (one empty one, shared): no interfaces but a down loopback",
     "mount_ns": "mount namespace: host read-only, only the scratch dir writable (and no "
                 "other execution's in sight)",
-    "ipc_ns": "IPC namespace: no shared SysV/POSIX IPC with the host",
-    "uts_ns": "UTS namespace: hostname 'sandbox'",
+    "ipc_ns": "IPC namespace (one, shared; no IPC object can be made in it): none of "
+              "the host's",
+    "uts_ns": "UTS namespace (one, shared): hostname 'sandbox'",
     "no_new_privs": "PR_SET_NO_NEW_PRIVS: setuid binaries grant nothing",
     "seccomp": "seccomp filter: ptrace, mount, bpf, kexec, keyctl, perf, unshare, "
-               "setns, every socket family but netlink (network off)... refused",
+               "setns, SysV IPC, mqueues, every socket family but netlink (network "
+               "off)... refused",
     "uid": "unprivileged per-execution uid (root); not root: every capability dropped",
     "pdeathsig": "SIGKILL if the zygote dies",
 }

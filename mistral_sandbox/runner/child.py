@@ -156,15 +156,14 @@ def prepare(report: isolation.Report, *, stdio: tuple, uid: Optional[int], scrat
         if os.getppid() not in (zygote_pid, 0):  # 0: pid 1 of a new pid namespace
             os._exit(137)
         # fds first: whatever fails later is reported over the channel, on fd 3
-        netns = isolation.SHARED_NETNS[0]
-        keep: tuple = ()
-        if netns is not None and not network:
-            keep = (netns,)  # joined (and closed) by the net_ns step
-        else:
-            isolation.SHARED_NETNS[0] = None  # closed by the fds step
-        kept = step(report, {}, "fds", isolation.setup_fds, report, stdio, keep)  # always
-        if keep:
-            isolation.SHARED_NETNS[0] = kept[0]  # (moved if it sat where stdio goes)
+        shared = isolation.SHARED_NS
+        if network:
+            shared.pop(isolation.CLONE_NEWNET, None)  # not joined: closed by the fds step
+        flags = tuple(shared)
+        kept = step(report, {}, "fds", isolation.setup_fds, report, stdio,
+                    tuple(shared.values()))  # always applied
+        shared.clear()  # (each joined and closed by its step; moved if it sat on stdio)
+        shared.update(zip(flags, kept or ()))
         step(report, policy, "session", isolation.new_session, report)
         step(report, policy, "environment", isolation.scrub_environment, report, scratch)
         # a tmpfs scratch is made by the mount_ns step; the scratch step makes a directory

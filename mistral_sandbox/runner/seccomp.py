@@ -1,10 +1,11 @@
 """Seccomp filter, built once with the system libseccomp (via ctypes), loaded per child.
 
-The filter allows everything except a deny list (see :data:`DENIED_SYSCALLS`),
-which fails with ``EPERM``; ``clone``/``clone3`` that would create namespaces
-are refused; with network off ``socket()`` is refused for every address family
-but netlink (so no inet, unix, packet or vsock socket; ``socketpair`` works),
-with network on for vsock (the hypervisor's sockets are not the network).
+The filter allows everything except a deny list (see :data:`DENIED_SYSCALLS`;
+System V IPC and POSIX message queues among them), which fails with ``EPERM``;
+``clone``/``clone3`` that would create namespaces are refused; with network off
+``socket()`` is refused for every address family but netlink (so no inet, unix,
+packet or vsock socket; ``socketpair`` works), with network on for vsock (the
+hypervisor's sockets are not the network).
 
 :func:`build` compiles the filter to a classic BPF program (bytes) in the
 zygote — once per network setting; :func:`load` installs such a program in
@@ -29,6 +30,11 @@ DENIED_SYSCALLS = (
     "fsopen", "fsmount", "fspick", "move_mount", "open_tree", "mount_setattr", "acct",
     "settimeofday", "clock_settime", "adjtimex", "syslog", "iopl", "ioperm", "quotactl",
     "lookup_dcookie", "vhangup", "personality",
+    # System V IPC and POSIX message queues: no object can be made or reached in the ipc
+    # namespace children share (multiprocessing's locks and shared memory use /dev/shm)
+    "shmget", "shmat", "shmdt", "shmctl", "semget", "semop", "semtimedop", "semctl",
+    "msgget", "msgsnd", "msgrcv", "msgctl", "ipc", "mq_open", "mq_unlink", "mq_timedsend",
+    "mq_timedreceive", "mq_notify", "mq_getsetattr",
 )
 CLONE_NAMESPACE_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000,
                          0x20000000, 0x40000000, 0x00000080)  # NS CGROUP UTS IPC USER PID NET TIME

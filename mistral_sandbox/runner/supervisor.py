@@ -214,7 +214,11 @@ class Sandbox:
     memory limit; gone with the child — an action filling it gets ENOSPC);
     ``None`` makes it a directory under ``scratch_root`` instead (disk, no total
     bound but the file system's). A malformed or too small size raises
-    ``LimitError``.
+    ``LimitError``. ``share_namespaces``: children without network join one
+    network, ipc and uts namespace the zygote made (when root, with the seccomp
+    step required, whose filter makes sharing safe) instead of creating their
+    own; False creates them per child (≈ 1.1 ms more CPU each);
+    ``zygote_info["namespaces"]`` says which are shared.
 
     A future resolves as soon as the child has replied and closed its channel
     and its stdout/stderr (the process is then exiting; its slot among
@@ -235,7 +239,8 @@ class Sandbox:
                  extra_path=(), isolation: Optional[Mapping[str, str]] = None,
                  seccomp_library: Optional[str] = None, warm: Optional[int] = None,
                  max_queue: int = DEFAULT_MAX_QUEUE, wait_exit: bool = False,
-                 scratch_size: Optional[Any] = DEFAULT_SCRATCH_SIZE):
+                 scratch_size: Optional[Any] = DEFAULT_SCRATCH_SIZE,
+                 share_namespaces: bool = True):
         if max_workers < 1:
             raise ValueError("max_workers must be >= 1, got %r" % (max_workers,))
         policy = isolation_mod.make_policy(isolation)  # validate before allocating anything
@@ -306,6 +311,7 @@ class Sandbox:
                 "seccomp_library": seccomp_library,
                 "ceiling": self.ceiling.to_dict(),
                 "scratch_size": scratch_size,
+                "share_namespaces": bool(share_namespaces),
             }
             self._start_zygote()
         except BaseException:

@@ -237,8 +237,7 @@ class Zygote:
         self.children_path = "/proc/%d/task/%d/children" % (self.pid, self.pid)
         self.pidns_fd: Optional[int] = None
         self.pidns_forker: Optional[isolation.PidNamespaceForker] = None
-        self.netns_fd: Optional[int] = None  # the network namespace children share
-        self.netns_error = ""
+        self.shared_ns: Dict[str, str] = {}  # namespace -> "shared" or why not
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.wake_r, self.wake_w = r, w
         self.handlers: tuple = ()  # our signal handlers (see start)
@@ -268,11 +267,7 @@ class Zygote:
         if child_mod.POLICY.get("pid_ns") != isolation.OFF:
             self.pidns_fd = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
             self.pidns_forker = isolation.PidNamespaceForker(self.pidns_fd)
-        if child_mod.POLICY.get("net_ns") != isolation.OFF and self.root:
-            try:
-                isolation.SHARED_NETNS[0] = self.netns_fd = isolation.make_shared_netns()
-            except OSError as exc:  # children then create their own
-                self.netns_error = str(exc)
+        self._share_namespaces()
         if child_mod.POLICY.get("seccomp") != isolation.OFF:
             try:
                 for network in (False, True):
@@ -289,10 +284,34 @@ class Zygote:
         self.send({"op": "hello", "pid": self.pid, "root": self.root,
                    "uids": list(self.free_uids), "unreadable_paths": unreadable,
                    "seccomp": isolation.SECCOMP_UNAVAILABLE[0] or "ok",
-                   "netns": "shared" if self.netns_fd is not None else
-                   "per child" + (" (%s)" % self.netns_error if self.netns_error else ""),
+                   "namespaces": dict(self.shared_ns),
                    "policy": dict(child_mod.POLICY)})
         self._spawn_warm(self.warm_target)
+
+    def _share_namespaces(self) -> None:
+        """Make the net, ipc and uts namespaces children join instead of creating their
+        own (see :func:`isolation.make_shared_namespace`) — as root, where the policy
+        enables the step, where the sandbox allows it, and (net, ipc) only with the
+        seccomp step required: the filter is what makes sharing them safe. Records per
+        namespace "shared" or why not (``self.shared_ns``)."""
+        policy = child_mod.POLICY
+        for step, flag in (("net_ns", isolation.CLONE_NEWNET), ("ipc_ns", isolation.CLONE_NEWIPC),
+                           ("uts_ns", isolation.CLONE_NEWUTS)):
+            if policy.get(step) == isolation.OFF:
+                continue
+            if not self.cfg.get("share_namespaces", True):
+                why = "per child (sharing disabled)"
+            elif not self.root:
+                why = "per child (not root)"
+            elif policy.get("seccomp") != isolation.REQUIRED and step != "uts_ns":
+                why = "per child (seccomp is not required)"
+            else:
+                try:
+                    isolation.SHARED_NS[flag] = isolation.make_shared_namespace(flag)
+                    why = "shared"
+                except OSError as exc:  # children then create their own
+                    why = "per child (%s)" % exc
+            self.shared_ns[step[:-3]] = why
 
     def _on_sigterm(self, *_args) -> None:
         if os.getpid() == self.pid:

@@ -79,7 +79,22 @@ def test_children_without_network_share_one_empty_namespace(sandbox, clean):
     assert a.ok and b.ok, (a.message, b.message)
     if "net_ns" in a.isolation["applied"]:
         assert a.result.data == b.result.data != host
-        assert sandbox.zygote_info["netns"] == "shared"
+        assert sandbox.zygote_info["namespaces"]["net"] == "shared"
+
+
+def test_namespaces_are_made_per_child_when_sharing_is_off_or_unsafe(no_leaks):
+    with Sandbox(max_workers=1, extra_path=[FIXTURES], share_namespaces=False) as sb:
+        assert set(sb.zygote_info["namespaces"].values()) == {"per child (sharing disabled)"}
+        a, b = (sb.run("hostile_actions:UsesIPC") for _ in range(2))
+        assert a.ok and b.ok, (a.message, b.message)
+        for name in ("net", "ipc", "uts"):
+            assert a.result.data["ns"][name] != b.result.data["ns"][name], name
+        assert a.result.data["hostname"] == "sandbox"
+    # without a required seccomp filter nothing makes sharing net and ipc safe
+    with Sandbox(max_workers=1, warm=0, isolation={"seccomp": "best_effort"}) as sb:
+        info = sb.zygote_info["namespaces"]
+        assert info["net"] == info["ipc"] == "per child (seccomp is not required)"
+        assert info["uts"] == "shared"
 
 
 def test_with_network_a_child_is_in_the_hosts_namespace(no_leaks):

@@ -144,6 +144,25 @@ def test_local_sockets_without_network(sandbox, then_works, tmp_path):
         listener.close()
 
 
+def test_ipc_objects_and_the_hostname_are_out_of_reach(sandbox, then_works):
+    """Children share one ipc and one uts namespace (made by the zygote): no System V
+    IPC object or POSIX message queue can be made in it, nor the hostname changed —
+    nothing one execution could leave there for another."""
+    a = sandbox.run(H + "UsesIPC")
+    b = sandbox.run(H + "UsesIPC")
+    assert a.exit_reason == "ok", a.message
+    data = a.result.data
+    for call in ("shmget", "semget", "msgget", "mq_open", "sethostname"):
+        assert data[call] == "EPERM", (call, data[call])
+    assert data["hostname"] == "sandbox"
+    host = {n: os.readlink("/proc/self/ns/" + n) for n in ("net", "ipc", "uts")}
+    shared = sandbox.zygote_info["namespaces"]
+    for name in ("net", "ipc", "uts"):
+        assert data["ns"][name] != host[name], name
+        if shared[name] == "shared":
+            assert b.result.data["ns"][name] == data["ns"][name], name
+
+
 def test_writing_outside_the_scratch_directory(sandbox, then_works, tmp_path):
     os.chmod(tmp_path, 0o777)
     targets = ["/tmp/ms-hostile", "/dev/shm/ms-hostile", str(tmp_path / "x"),

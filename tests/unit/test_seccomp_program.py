@@ -108,7 +108,8 @@ def test_tree_layout_gives_the_chain_layouts_verdicts(programs):
 
 def test_verdicts_are_the_promised_ones(programs):
     network, _, tree = programs
-    for name in ("ptrace", "mount", "unshare", "setns", "bpf", "keyctl", "mount_setattr"):
+    for name in ("ptrace", "mount", "unshare", "setns", "bpf", "keyctl", "mount_setattr",
+                 "shmget", "semget", "msgget", "mq_open"):
         assert run_filter(tree, _nr(name)) == RET_EPERM, name
     for name in ("read", "write", "openat", "getpid", "mmap", "socketpair", "exit_group"):
         assert run_filter(tree, _nr(name)) == RET_ALLOW, name
