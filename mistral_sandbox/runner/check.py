@@ -132,6 +132,10 @@ def format_human(result: Dict[str, Any]) -> str:
     if host.get("cgroups"):
         lines.append("cgroups: %s (not used yet)" % ", ".join(host["cgroups"]))
     z = result.get("zygote", {})
+    if z:
+        lines.append("children: namespaces %s; native isolation %s" % (
+            ", ".join("%s %s" % kv for kv in z.get("namespaces", {}).items()) or "per child",
+            z.get("native_isolation", "?")))
     if z.get("unreadable_paths"):
         lines.append("warning: sandbox uids cannot read %s (only preloaded modules importable "
                      "from there)" % ", ".join(z["unreadable_paths"]))

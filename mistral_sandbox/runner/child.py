@@ -138,6 +138,44 @@ def _unwrap_result(value: Any) -> Dict[str, Any]:
     return {"data": value, "error": None, "cancel": False}
 
 
+# The native isolation (mistral_sandbox.runner._native) when the zygote found it usable:
+# (its prepare, the scratch view, the tmpfs options but the owner, the no-network
+# seccomp filter's address); see Zygote._plan_native
+NATIVE: list = [None]
+# the steps the native prepare applies, in the order of its step indexes and costs
+NATIVE_STEPS = ("fds", "session", "net_ns", "mount_ns", "ipc_ns", "uts_ns", "no_new_privs",
+                "seccomp", "uid", "pdeathsig")
+# what the report then says, in the order the Python steps would have said it
+_NATIVE_APPLIED = ("fds", "session", "environment", "pid_ns", "net_ns", "mount_ns", "scratch",
+                   "ipc_ns", "uts_ns", "no_new_privs", "seccomp", "uid", "pdeathsig")
+
+
+def prepare_native(plan: tuple, report: isolation.Report, stdio: tuple,
+                   uid: int) -> Optional[isolation.IsolationError]:
+    """The isolation steps of :func:`prepare` in one native call (``plan``: see
+    :data:`NATIVE`), for a child forked as pid 1 of its pid namespace, as root, without
+    network. The same steps, in the same order, with the same report; a failing step
+    fails the execution whatever its policy (the zygote's probe showed this host
+    allows every one of them). Returns the step's IsolationError or None."""
+    native_prepare, view, tmpfs_options, fprog = plan
+    shared = isolation.SHARED_NS
+    failed, err, what, costs = native_prepare(
+        stdio[0], stdio[1], stdio[2], shared.get(isolation.CLONE_NEWNET, -1),
+        shared.get(isolation.CLONE_NEWIPC, -1), shared.get(isolation.CLONE_NEWUTS, -1), view,
+        tmpfs_options + b",uid=%d,gid=%d" % (uid, uid), uid, fprog, 0, True)
+    shared.clear()  # (joined, or closed)
+    report.cost_us.update(zip(NATIVE_STEPS, costs))
+    if failed >= 0:
+        report.applied.extend(NATIVE_STEPS[:failed])
+        message = "%s: %s" % (what, os.strerror(err))
+        return isolation.IsolationError(NATIVE_STEPS[failed], message)
+    report.applied.extend(_NATIVE_APPLIED)
+    report.skip("user_ns", isolation.ROOT_SKIPS_USER_NS)
+    isolation.IN_PID_NS[0] = True
+    isolation.point_tempfile(isolation.SCRATCH_VIEW[0])
+    return None
+
+
 def prepare(report: isolation.Report, *, stdio: tuple, uid: Optional[int], scratch: str,
             zygote_pid: int, network: bool) -> Optional[isolation.IsolationError]:
     """Every isolation step that does not depend on the request, in order.
@@ -145,7 +183,11 @@ def prepare(report: isolation.Report, *, stdio: tuple, uid: Optional[int], scrat
     Installs ``stdio`` (channel, stdout and stderr fds) as fds 3, 1 and 2 and
     closes every other fd. Returns the error of a required step that
     failed (reported later, over the channel, as ``sandbox_error``) or None.
+    Natively (:func:`prepare_native`) where the zygote enabled that, the child is
+    in its own pid namespace, and without network.
     """
+    if NATIVE[0] is not None and not network and uid is not None and PID_NS[0] == "":
+        return prepare_native(NATIVE[0], report, stdio, uid)
     policy = POLICY
     step = isolation.apply_step
     try:

@@ -342,7 +342,7 @@ def scratch_outside_view(scratch: str) -> None:
     """No mount namespace: the scratch directory is only at its real path."""
     os.environ["HOME"] = scratch
     os.environ["TMPDIR"] = scratch
-    _point_tempfile(scratch)
+    point_tempfile(scratch)
 
 
 def make_scratch(report: Report, path: str, uid: Optional[int]) -> str:
@@ -363,7 +363,7 @@ def make_scratch(report: Report, path: str, uid: Optional[int]) -> str:
     return path
 
 
-def _point_tempfile(path: str) -> None:
+def point_tempfile(path: str) -> None:
     tempfile = sys.modules.get("tempfile")
     if tempfile is not None:  # preloaded: make sure it did not cache another directory
         tempfile.tempdir = path
@@ -497,13 +497,13 @@ def _mount_setattr(path: str, flags: int, attr_set: int, attr_clr: int) -> None:
 
 
 IN_USER_NS = [False]  # set once this process is root of its own user namespace
+ROOT_SKIPS_USER_NS = "running as root: privileges are dropped to a sandbox uid instead"
 
 
 def user_namespace(report: Report) -> None:
     """Non-root only: a user namespace where we are root, so the others can be created."""
     if os.geteuid() == 0:
-        report.skip("user_ns", "running as root: privileges are dropped to a sandbox uid "
-                    "instead")
+        report.skip("user_ns", ROOT_SKIPS_USER_NS)
         return
     uid, gid = os.geteuid(), os.getegid()
     unshare(CLONE_NEWUSER, "user")
@@ -684,7 +684,7 @@ def mount_namespace(report: Report, scratch: str, uid: Optional[int] = None) -> 
     else:  # (mounted after the read-only pass: stays writable)
         _mount("tmpfs", view, "tmpfs", MS_NOSUID | MS_NODEV, tmpfs_options(size, uid))
     os.chdir(view)
-    _point_tempfile(view)
+    point_tempfile(view)
     report.ok("mount_ns")
 
 

@@ -170,6 +170,7 @@ class Program:
         self._libc = ctypes.CDLL(None, use_errno=True)
         self._libc.prctl  # resolved in the zygote, not in every child (see isolation)
         self.instructions = len(bpf) // 8
+        self.address = ctypes.addressof(self._prog)  # the sock_fprog, for native loading
 
     def load(self) -> None:
         rc = self._libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(self._prog),

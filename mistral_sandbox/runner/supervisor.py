@@ -218,7 +218,11 @@ class Sandbox:
     network, ipc and uts namespace the zygote made (when root, with the seccomp
     step required, whose filter makes sharing safe) instead of creating their
     own; False creates them per child (≈ 1.1 ms more CPU each);
-    ``zygote_info["namespaces"]`` says which are shared.
+    ``zygote_info["namespaces"]`` says which are shared. ``native_isolation``:
+    where the optional C helper is built and the configuration is the common one,
+    children apply their isolation steps in one native call (same steps, same
+    report, ≈ 10 % less CPU per execution); ``zygote_info["native_isolation"]``
+    says "on" or why not; False keeps the Python steps.
 
     A future resolves as soon as the child has replied and closed its channel
     and its stdout/stderr (the process is then exiting; its slot among
@@ -240,7 +244,7 @@ class Sandbox:
                  seccomp_library: Optional[str] = None, warm: Optional[int] = None,
                  max_queue: int = DEFAULT_MAX_QUEUE, wait_exit: bool = False,
                  scratch_size: Optional[Any] = DEFAULT_SCRATCH_SIZE,
-                 share_namespaces: bool = True):
+                 share_namespaces: bool = True, native_isolation: bool = True):
         if max_workers < 1:
             raise ValueError("max_workers must be >= 1, got %r" % (max_workers,))
         policy = isolation_mod.make_policy(isolation)  # validate before allocating anything
@@ -312,6 +316,7 @@ class Sandbox:
                 "ceiling": self.ceiling.to_dict(),
                 "scratch_size": scratch_size,
                 "share_namespaces": bool(share_namespaces),
+                "native_isolation": bool(native_isolation),
             }
             self._start_zygote()
         except BaseException:

@@ -276,6 +276,7 @@ class Zygote:
             except seccomp.SeccompUnavailable as exc:
                 child_mod.SECCOMP.clear()
                 isolation.SECCOMP_UNAVAILABLE[0] = str(exc)
+        self.native = self._plan_native()
         unreadable = unreadable_paths(sys.path) if self.root else []
         child_mod.UNREADABLE_PATHS[:] = unreadable
         child_mod.install_runtime(self.cfg.get("preload", ()))
@@ -284,7 +285,7 @@ class Zygote:
         self.send({"op": "hello", "pid": self.pid, "root": self.root,
                    "uids": list(self.free_uids), "unreadable_paths": unreadable,
                    "seccomp": isolation.SECCOMP_UNAVAILABLE[0] or "ok",
-                   "namespaces": dict(self.shared_ns),
+                   "namespaces": dict(self.shared_ns), "native_isolation": self.native,
                    "policy": dict(child_mod.POLICY)})
         self._spawn_warm(self.warm_target)
 
@@ -312,6 +313,76 @@ class Zygote:
                 except OSError as exc:  # children then create their own
                     why = "per child (%s)" % exc
             self.shared_ns[step[:-3]] = why
+
+    def _plan_native(self) -> str:
+        """Let children isolate themselves natively (:func:`child.prepare_native`) if the
+        C helper is built, the configuration is the one it implements — root, every
+        step enabled, the three namespaces shared, a tmpfs scratch, a seccomp filter, pid
+        namespaces — and a probe child it isolated came out right. Returns "on" or
+        "off (why)" (``zygote_info["native_isolation"]``)."""
+        if not self.cfg.get("native_isolation", True):
+            return "off (disabled)"
+        try:
+            from mistral_sandbox.runner import _native
+        except ImportError as exc:
+            return "off (not built: %s)" % exc
+        policy = child_mod.POLICY
+        shared = {isolation.CLONE_NEWNET, isolation.CLONE_NEWIPC, isolation.CLONE_NEWUTS}
+        if not self.root:
+            return "off (not root)"
+        if any(policy.get(step) == isolation.OFF for step in isolation.STEPS):
+            return "off (a step is off)"
+        if set(isolation.SHARED_NS) != shared:
+            return "off (namespaces not shared)"
+        if isolation.SCRATCH_TMPFS[0] is None:
+            return "off (the scratch is a directory)"
+        if False not in child_mod.SECCOMP or self.pidns_forker is None:
+            return "off (no seccomp filter or no pid namespaces)"
+        plan = (_native.prepare, isolation.SCRATCH_VIEW[0].encode(),
+                isolation.tmpfs_options(isolation.SCRATCH_TMPFS[0], None),
+                child_mod.SECCOMP[False].address)
+        problem = self._probe_native(plan)
+        if problem:
+            return "off (probe: %s)" % problem
+        child_mod.NATIVE[0] = plan
+        return "on"
+
+    def _probe_native(self, plan: tuple) -> str:
+        """Isolate one child natively, as a warm child would be; "" if it came out as
+        the Python steps make it (checked in the child), else what went wrong."""
+        uid = self.free_uids[-1]  # (not taken: the probe has ended before it is used)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+
+        def run():
+            report = isolation.Report()
+            error = child_mod.prepare_native(plan, report, (theirs.fileno(), out_w, err_w), uid)
+            if error is None:
+                checks = (os.getuid() == uid, os.getpid() == 1, os.getcwd() == plan[1].decode(),
+                          sorted(int(fd) for fd in os.listdir("/proc/self/fd"))[:4] == [0, 1, 2, 3])
+                error = "" if all(checks) else "unexpected state %r" % (checks,)
+            os.write(isolation.CHANNEL_FD, str(error).encode()[:500] or b"ok")
+            os._exit(0)
+        try:
+            pid, _ = self._fork_child(run)
+        except OSError as exc:
+            return "fork: %s" % exc
+        finally:
+            theirs.close()
+            for fd in (out_w, err_w):
+                os.close(fd)
+        try:
+            ours.settimeout(10)
+            answer = ours.recv(512).decode(errors="replace")
+        except OSError as exc:
+            answer = "no answer: %s" % exc
+        finally:
+            ours.close()
+            for fd in (out_r, err_r):
+                os.close(fd)
+            os.waitpid(pid, 0)
+        return "" if answer == "ok" else answer or "the probe died"
 
     def _on_sigterm(self, *_args) -> None:
         if os.getpid() == self.pid:

@@ -1,0 +1,104 @@
+"""The native isolation (the optional C helper): the same steps and report as the
+Python steps, used only where the zygote found it usable, failing like them."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mistral_sandbox.runner import child
+from mistral_sandbox.runner.supervisor import Sandbox
+from tests.conftest import FIXTURES
+
+ROOT = os.geteuid() == 0
+
+
+def _run_both(ref, params=None):
+    """``ref`` once with native isolation (default) and once with the Python steps:
+    {native: (zygote_info["native_isolation"], outcome, result data with the sandbox's
+    scratch directory written as "<scratch>")}."""
+    out = {}
+    for native in (True, False):
+        with Sandbox(max_workers=1, extra_path=[FIXTURES], native_isolation=native) as sb:
+            o = sb.run(ref, params)
+            assert o.exit_reason == "ok", o.message
+            data = json.loads(json.dumps(o.result.data).replace(sb.scratch_dir, "<scratch>"))
+            out[native] = (sb.zygote_info["native_isolation"], o, data)
+    return out
+
+
+def test_the_helper_is_built_here():
+    # the test environment installs with a C compiler: a missing helper is a build bug
+    from mistral_sandbox.runner import _native
+    assert tuple(_native.STEP_NAMES.split()) == child.NATIVE_STEPS
+
+
+@pytest.mark.skipif(not ROOT, reason="the native path is the root configuration's")
+def test_native_and_python_steps_give_the_same_report_and_the_same_child(no_leaks):
+    runs = _run_both("sample_actions:Whoami")
+    (native_state, n, a), (python_state, p, b) = runs[True], runs[False]
+    assert native_state == "on" and python_state == "off (disabled)"
+    assert n.isolation["applied"] == p.isolation["applied"]
+    assert n.isolation["skipped"] == p.isolation["skipped"]
+    assert a["cwd"] == "<scratch>"
+    for key in ("cwd", "env", "fds", "pgid_is_pid", "pid", "pgid", "session_leader", "tty",
+                "visible_pids"):
+        assert a[key] == b[key], key
+    assert a["uid"] != 0 and b["uid"] != 0
+    # and what the hostile suite checks of namespaces, IPC and the hostname
+    ipc = _run_both("hostile_actions:UsesIPC")
+    n, p = ipc[True][2], ipc[False][2]
+    assert {k: v for k, v in n.items() if k != "ns"} == {k: v for k, v in p.items() if k != "ns"}
+    scratch = _run_both("sample_actions:ScratchInfo")
+    n, p = scratch[True][2], scratch[False][2]
+    assert {k: v for k, v in n.items() if k not in ("uid", "my_uid")} == \
+        {k: v for k, v in p.items() if k not in ("uid", "my_uid")}
+
+
+@pytest.mark.skipif(not ROOT, reason="the native path is the root configuration's")
+@pytest.mark.parametrize("kwargs,why", [
+    (dict(isolation={"uts_ns": "off"}), "off (a step is off)"),
+    (dict(scratch_size=None), "off (the scratch is a directory)"),
+    (dict(share_namespaces=False), "off (namespaces not shared)"),
+])
+def test_other_configurations_keep_the_python_steps(no_leaks, kwargs, why):
+    with Sandbox(max_workers=1, warm=0, **kwargs) as sb:
+        assert sb.zygote_info["native_isolation"] == why
+        assert sb.run("std.noop").ok
+
+
+@pytest.mark.skipif(not ROOT, reason="mounting needs root")
+def test_a_failing_native_step_is_named_with_its_reason():
+    """In a throwaway process: every step before the mount succeeds (its own namespaces
+    joined), the scratch view does not exist: the mount_ns step fails, named, and
+    nothing after it ran (still root)."""
+    code = r"""
+import json, os, socket
+from mistral_sandbox.runner import _native, child
+a, b = socket.socketpair()
+net = os.open("/proc/self/ns/net", os.O_RDONLY)
+ipc = os.open("/proc/self/ns/ipc", os.O_RDONLY)
+uts = os.open("/proc/self/ns/uts", os.O_RDONLY)
+failed, err, what, costs = _native.prepare(b.fileno(), 1, 2, net, ipc, uts, b"/nonexistent/view",
+                                           b"size=1048576", 65534, 0, os.getppid(), False)
+print(json.dumps([child.NATIVE_STEPS[failed], os.strerror(err), what, os.getuid(),
+                  sorted(int(f) for f in os.listdir("/proc/self/fd"))[:4]]))
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+                       cwd=os.path.dirname(FIXTURES) + "/..")
+    assert p.returncode == 0, p.stderr
+    step, reason, what, uid, fds = json.loads(p.stdout)
+    assert (step, what, reason) == ("mount_ns", "mount tmpfs", "No such file or directory")
+    assert uid == 0 and fds[:4] == [0, 1, 2, 3]  # stopped there: the uid step never ran
+
+
+def test_check_says_whether_children_isolate_natively():
+    from mistral_sandbox.runner import check
+    result = check.probe()
+    text = check.format_human(result)
+    assert "native isolation %s" % result["zygote"]["native_isolation"] in text
+    if ROOT:
+        assert result["zygote"]["native_isolation"] == "on"
+        assert "namespaces net shared, ipc shared, uts shared" in text
