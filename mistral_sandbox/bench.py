@@ -264,6 +264,7 @@ def run(quick: bool = False, soak: int = 0, isolation: Optional[dict] = None,
 
     with Sandbox(max_workers=8, isolation=isolation, warm=warm) as sb:
         report["warm_pool"] = sb.warm
+        report["native_isolation"] = sb.zygote_info.get("native_isolation", "?")
         me = psutil.Process()
         time.sleep(0.5)  # let the warm pool fill before measuring idle memory
         zygote = sb.zygote_info["pid"]
@@ -445,9 +446,10 @@ def format_table(report: Dict[str, Any]) -> str:
         "%s: p50 %.1fms" % (_size(p["bytes"]), p["p50_ms"]) for p in report["scaling"]["payload"]))
     mf = report["machine"]
     lines.append("machine: %s CPUs %s, kernel %s, Python %s, %s, package from %s; warm pool %s"
+                 ", native isolation %s"
                  % (mf["cpus"], mf["cpu_model"] or "?", mf["kernel"], mf["python"],
                     "root" if mf["root"] else "not root", mf.get("install", "?"),
-                    report.get("warm_pool", "?")))
+                    report.get("warm_pool", "?"), report.get("native_isolation", "?")))
     return "\n".join(lines)
 
 
