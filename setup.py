@@ -9,4 +9,8 @@ report, more CPU per execution).
 from setuptools import Extension, setup
 
 setup(ext_modules=[Extension("mistral_sandbox.runner._native",
-                             ["mistral_sandbox/runner/_native.c"], optional=True)])
+                             ["mistral_sandbox/runner/_native.c"], optional=True,
+                             # bind every symbol when the zygote loads it, not on first
+                             # call in each child (a lazy binding writes the GOT: a
+                             # copy-on-write fault per child)
+                             extra_link_args=["-Wl,-z,now"])])

@@ -196,9 +196,43 @@ done:
                          costs[8], costs[9]);
 }
 
+/* fork_in_new_pidns(own_pidns_fd) -> pid: unshare(CLONE_NEWPID), fork, and in the
+ * parent setns back to our own pid namespace (own_pidns_fd), so the next fork can do it
+ * again. 0 in the child (pid 1 of its new namespace), the child's pid in the parent;
+ * -errno if the namespace could not be made (nothing forked); OSError if fork or the
+ * setns back failed. Like isolation.fork_light: glibc's fork without CPython's
+ * after-fork hooks (single-threaded caller holding the GIL), and no Python object
+ * touched between the fork and the return — in the zygote every page written after a
+ * fork is a copy-on-write fault. */
+static PyObject *
+native_fork_in_new_pidns(PyObject *self, PyObject *arg)
+{
+    int fd = (int)PyLong_AsLong(arg);
+    pid_t pid;
+    int fork_errno;
+
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    if (unshare(CLONE_NEWPID) < 0)
+        return PyLong_FromLong(-errno);
+    pid = fork();
+    if (pid == 0)
+        return PyLong_FromLong(0);
+    fork_errno = errno;
+    if (setns(fd, CLONE_NEWPID) < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    if (pid < 0) {
+        errno = fork_errno;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyLong_FromLong(pid);
+}
+
 static PyMethodDef native_methods[] = {
     {"prepare", native_prepare, METH_VARARGS,
      "Apply the isolation steps of a sandbox child (see the module source)."},
+    {"fork_in_new_pidns", native_fork_in_new_pidns, METH_O,
+     "Fork a child as pid 1 of a new pid namespace (see the module source)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -127,19 +127,32 @@ class PidNamespaceForker:
     and libc is called with the GIL held (nothing to release it for).
     """
 
-    __slots__ = ("_flag", "_fd", "_unshare", "_setns", "_fork")
+    __slots__ = ("_flag", "_fd", "_unshare", "_setns", "_fork", "_native", "_fd_number")
 
-    def __init__(self, pidns_fd: int):
+    def __init__(self, pidns_fd: int, native=None):
         self._flag = ctypes.c_int(CLONE_NEWPID)
         self._fd = ctypes.c_int(pidns_fd)
+        self._fd_number = pidns_fd
         self._unshare = _libc_gil.unshare
         self._setns = _libc_gil.setns
         self._fork = _libc_gil.fork
+        # the C helper's fork_in_new_pidns, if built: the same calls without ctypes
+        # (measured: fewer copy-on-write faults in the zygote and in each child)
+        self._native = native
 
     def fork(self) -> Tuple[int, str]:
         """(pid, "") — 0 in the child, pid 1 of its namespace — or, if the namespace
         could not be created, ``(pid, why)`` of a plain fork. Raises OSError if fork
         fails (the caller is back in its own namespace then)."""
+        if self._native is not None:
+            pid = self._native(self._fd_number)
+            if pid < 0:
+                return fork_light(), "unshare(pid): %s" % os.strerror(-pid)
+            if pid == 0:
+                random = sys.modules.get("random")  # (as fork_light does)
+                if random is not None:
+                    random.seed()
+            return pid, ""
         if self._unshare(self._flag) != 0:
             return fork_light(), "unshare(pid): %s" % os.strerror(ctypes.get_errno())
         pid = self._fork()

@@ -99,6 +99,15 @@ class _Child:
         self.contained = contained
 
 
+def _native_fork():
+    """The C helper's ``fork_in_new_pidns``, or None if it is not built."""
+    try:
+        from mistral_sandbox.runner import _native
+    except ImportError:
+        return None
+    return _native.fork_in_new_pidns
+
+
 def _ignore_signal(*_args) -> None:
     """SIGCHLD's handler in the zygote: the signal only wakes the loop (wakeup fd)."""
 
@@ -266,7 +275,7 @@ class Zygote:
         child_mod.CEILING_PLAN[:] = isolation.rlimit_plan(child_mod.CEILING)
         if child_mod.POLICY.get("pid_ns") != isolation.OFF:
             self.pidns_fd = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-            self.pidns_forker = isolation.PidNamespaceForker(self.pidns_fd)
+            self.pidns_forker = isolation.PidNamespaceForker(self.pidns_fd, _native_fork())
         self._share_namespaces()
         if child_mod.POLICY.get("seccomp") != isolation.OFF:
             try:

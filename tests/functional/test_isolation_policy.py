@@ -119,12 +119,20 @@ from mistral_sandbox.runner import isolation
 if os.geteuid() != 0:
     print(json.dumps({"skip": "not root"})); sys.exit(0)
 own = os.readlink("/proc/self/ns/pid_for_children")
-forker = isolation.PidNamespaceForker(os.open("/proc/self/ns/pid", os.O_RDONLY))
+native = None
+if sys.argv[1].startswith("native"):  # the C helper's fork
+    from mistral_sandbox.runner import _native
+    native = _native.fork_in_new_pidns
+forker = isolation.PidNamespaceForker(os.open("/proc/self/ns/pid", os.O_RDONLY), native)
 if sys.argv[1] == "fail":  # unshare refused: a plain fork, and why
     def refuse(_flag):
         ctypes.set_errno(errno.EPERM)
         return -1
     forker._unshare = refuse
+if sys.argv[1] == "native-fail":  # unprivileged now: the kernel refuses the namespace
+    os.setgroups([])
+    os.setresgid(65534, 65534, 65534)
+    os.setresuid(65534, 65534, 65534)
 r, w = os.pipe()
 pid, why = forker.fork()
 if pid == 0:
@@ -138,17 +146,18 @@ print(json.dumps({"child": child, "why": why, "pid": pid,
 """
 
 
-@pytest.mark.parametrize("case", ["ok", "fail"])
+@pytest.mark.parametrize("case", ["ok", "fail", "native-ok", "native-fail"])
 def test_pid_namespace_forker(case):
-    """The zygote's fork: the child is pid 1 of a new namespace and the zygote is back in
-    its own for the next fork; if the namespace cannot be made, a plain fork says why."""
+    """The zygote's fork (through ctypes, or the C helper's): the child is pid 1 of a new
+    namespace and the zygote is back in its own for the next fork; if the namespace
+    cannot be made, a plain fork says why."""
     out = subprocess.run([sys.executable, "-c", _FORKER_SCRIPT, case], capture_output=True,
                          text=True, timeout=30, check=True).stdout
     res = json.loads(out)
     if "skip" in res:
         pytest.skip(res["skip"])  # (the suite runs as root in CI)
     assert res["back_home"] is True and res["pid"] > 1
-    if case == "ok":
+    if case.endswith("ok"):
         assert res["why"] == "" and res["child"] == {"pid": 1, "why": ""}
     else:
         assert res["why"] == "unshare(pid): %s" % os.strerror(1)
