@@ -150,20 +150,29 @@ _NATIVE_APPLIED = ("fds", "session", "environment", "pid_ns", "net_ns", "mount_n
                    "ipc_ns", "uts_ns", "no_new_privs", "seccomp", "uid", "pdeathsig")
 
 
-def prepare_native(plan: tuple, report: isolation.Report, stdio: tuple,
-                   uid: int) -> Optional[isolation.IsolationError]:
-    """The isolation steps of :func:`prepare` in one native call (``plan``: see
-    :data:`NATIVE`), for a child forked as pid 1 of its pid namespace, as root, without
-    network. The same steps, in the same order, with the same report; a failing step
-    fails the execution whatever its policy (the zygote's probe showed this host
-    allows every one of them). Returns the step's IsolationError or None."""
-    native_prepare, view, tmpfs_options, fprog = plan
+def native_args(stdio: tuple, uid: Optional[int], network: bool) -> Optional[tuple]:
+    """In the zygote, before the fork: the arguments of the native prepare for a child
+    with these fds (channel, stdout, stderr) and uid — so the child computes nothing of
+    them (every object it makes or touches is a copy-on-write fault) — or None when the
+    child takes the Python steps (no native isolation here, network, not root)."""
+    plan = NATIVE[0]
+    if plan is None or network or uid is None:
+        return None
     shared = isolation.SHARED_NS
-    failed, err, what, costs = native_prepare(
-        stdio[0], stdio[1], stdio[2], shared.get(isolation.CLONE_NEWNET, -1),
-        shared.get(isolation.CLONE_NEWIPC, -1), shared.get(isolation.CLONE_NEWUTS, -1), view,
-        tmpfs_options + b",uid=%d,gid=%d" % (uid, uid), uid, fprog, 0, True)
-    shared.clear()  # (joined, or closed)
+    _, view, tmpfs_options, fprog = plan
+    return (stdio[0], stdio[1], stdio[2], shared[isolation.CLONE_NEWNET],
+            shared[isolation.CLONE_NEWIPC], shared[isolation.CLONE_NEWUTS], view,
+            tmpfs_options + b",uid=%d,gid=%d" % (uid, uid), uid, fprog, 0, True)
+
+
+def prepare_native(report: isolation.Report, args: tuple) -> Optional[isolation.IsolationError]:
+    """The isolation steps of :func:`prepare` in one native call (``args``: from
+    :func:`native_args`), for a child forked as pid 1 of its pid namespace, as root,
+    without network. The same steps, in the same order, with the same report; a
+    failing step fails the execution whatever its policy (the zygote's probe showed
+    this host allows every one of them). Returns the step's IsolationError or None."""
+    failed, err, what, costs = NATIVE[0][0](*args)
+    isolation.SHARED_NS.clear()  # (joined, or closed)
     report.cost_us.update(zip(NATIVE_STEPS, costs))
     if failed >= 0:
         report.applied.extend(NATIVE_STEPS[:failed])
@@ -177,17 +186,18 @@ def prepare_native(plan: tuple, report: isolation.Report, stdio: tuple,
 
 
 def prepare(report: isolation.Report, *, stdio: tuple, uid: Optional[int], scratch: str,
-            zygote_pid: int, network: bool) -> Optional[isolation.IsolationError]:
+            zygote_pid: int, network: bool,
+            native: Optional[tuple] = None) -> Optional[isolation.IsolationError]:
     """Every isolation step that does not depend on the request, in order.
 
     Installs ``stdio`` (channel, stdout and stderr fds) as fds 3, 1 and 2 and
     closes every other fd. Returns the error of a required step that
     failed (reported later, over the channel, as ``sandbox_error``) or None.
-    Natively (:func:`prepare_native`) where the zygote enabled that, the child is
-    in its own pid namespace, and without network.
+    Natively (:func:`prepare_native`, with ``native``: :func:`native_args`) when the
+    child was forked into its own pid namespace.
     """
-    if NATIVE[0] is not None and not network and uid is not None and PID_NS[0] == "":
-        return prepare_native(NATIVE[0], report, stdio, uid)
+    if native is not None and PID_NS[0] == "":
+        return prepare_native(report, native)
     policy = POLICY
     step = isolation.apply_step
     try:
@@ -236,20 +246,22 @@ def prepare(report: isolation.Report, *, stdio: tuple, uid: Optional[int], scrat
 
 
 def main(channel_fd: int, out_fd: int, err_fd: int, *, exec_id: int, uid: Optional[int],
-         scratch: str, zygote_pid: int, max_frame: int, network: bool = False) -> None:
+         scratch: str, zygote_pid: int, max_frame: int, network: bool = False,
+         native: Optional[tuple] = None) -> None:
     """Cold path: a child forked for one known request; never returns."""
     code = EXIT_CHANNEL_LOST
     try:
         report = isolation.Report()
         error = prepare(report, stdio=(channel_fd, out_fd, err_fd), uid=uid, scratch=scratch,
-                        zygote_pid=zygote_pid, network=network)
+                        zygote_pid=zygote_pid, network=network, native=native)
         code = _serve(exec_id, max_frame, report, error, network)
     finally:
         _exit(code)
 
 
 def main_warm(channel_fd: int, out_fd: int, err_fd: int, *, uid: Optional[int],
-              scratch: str, zygote_pid: int, max_frame: int) -> None:
+              scratch: str, zygote_pid: int, max_frame: int,
+              native: Optional[tuple] = None) -> None:
     """Warm path: isolate and apply the operator's limits first, then wait for one
     request on the channel (the supervisor writes it there directly). Prepared for the
     ceiling's network setting (the supervisor sends only requests with that setting).
@@ -261,7 +273,7 @@ def main_warm(channel_fd: int, out_fd: int, err_fd: int, *, uid: Optional[int],
         report = isolation.Report()
         report.warm = True
         error = prepare(report, stdio=(channel_fd, out_fd, err_fd), uid=uid, scratch=scratch,
-                        zygote_pid=zygote_pid, network=network)
+                        zygote_pid=zygote_pid, network=network, native=native)
         if error is None and CEILING:
             error = _apply_limits(report, CEILING, CEILING_PLAN or None)
         code = _serve(None, max_frame, report, error, network)

@@ -352,8 +352,8 @@ class Zygote:
                 child_mod.SECCOMP[False].address)
         problem = self._probe_native(plan)
         if problem:
+            child_mod.NATIVE[0] = None
             return "off (probe: %s)" % problem
-        child_mod.NATIVE[0] = plan
         return "on"
 
     def _probe_native(self, plan: tuple) -> str:
@@ -364,9 +364,12 @@ class Zygote:
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
 
+        child_mod.NATIVE[0] = plan  # (for native_args; withdrawn if the probe fails)
+        args = child_mod.native_args((theirs.fileno(), out_w, err_w), uid, False)
+
         def run():
             report = isolation.Report()
-            error = child_mod.prepare_native(plan, report, (theirs.fileno(), out_w, err_w), uid)
+            error = child_mod.prepare_native(report, args)
             if error is None:
                 checks = (os.getuid() == uid, os.getpid() == 1, os.getcwd() == plan[1].decode(),
                           sorted(int(fd) for fd in os.listdir("/proc/self/fd"))[:4] == [0, 1, 2, 3])
@@ -519,11 +522,12 @@ class Zygote:
                 self.send({"op": "fork_failed", "id": exec_id, "error": "no free sandbox uid"})
                 return
             scratch = os.path.join(self.scratch_root, "x%d" % exec_id)
+            native = child_mod.native_args(tuple(fds), uid, network)
 
             def run():
                 child_mod.main(fds[0], fds[1], fds[2], exec_id=exec_id, uid=uid,
                                scratch=scratch, zygote_pid=self.pid, max_frame=self.max_frame,
-                               network=network)
+                               network=network, native=native)
             try:
                 pid, contained = self._fork_child(run)
             except OSError as exc:
@@ -604,9 +608,12 @@ class Zygote:
         slot = self.warm_seq
         scratch = os.path.join(self.scratch_root, "w%d" % slot)
 
+        native = child_mod.native_args((chan_theirs, out_w, err_w), uid,
+                                       bool(child_mod.CEILING.get("network")))
+
         def run():  # (the zygote's fds, ours included, are closed by the fds step)
             child_mod.main_warm(chan_theirs, out_w, err_w, uid=uid, scratch=scratch,
-                                zygote_pid=self.pid, max_frame=self.max_frame)
+                                zygote_pid=self.pid, max_frame=self.max_frame, native=native)
         return _WarmKit(slot, uid, scratch, (chan_ours, out_r, err_r),
                         (chan_theirs, out_w, err_w), run)
 
