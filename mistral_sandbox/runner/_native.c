@@ -3,7 +3,7 @@
  * Optional: built when a C compiler is at hand at install time; without it the
  * Python steps (mistral_sandbox/runner/isolation.py) do the same. Only the common
  * configuration takes this path (root, every step enabled, namespaces shared by the
- * zygote, a tmpfs scratch, no network; see child.native_plan), and the zygote first
+ * zygote, a tmpfs scratch, no network; see Zygote._plan_native), and the zygote first
  * runs it once in a probe child, so a host that refuses a step keeps the Python path.
  *
  * Why: in a forked Python child every object the Python steps touch is a
@@ -238,8 +238,8 @@ static PyMethodDef native_methods[] = {
 
 static struct PyModuleDef native_module = {
     PyModuleDef_HEAD_INIT, "_native",
-    "Native isolation of a sandbox child (optional; see child.native_plan).", -1,
-    native_methods,
+    "Native isolation of a sandbox child (optional; see Zygote._plan_native).", -1,
+    native_methods, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC
