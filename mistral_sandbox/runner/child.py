@@ -28,6 +28,7 @@ import logging
 import os
 import resource
 import socket
+import struct
 import sys
 import traceback
 import warnings
@@ -144,25 +145,33 @@ def _unwrap_result(value: Any) -> Dict[str, Any]:
 NATIVE: list = [None]
 # the steps the native prepare applies, in the order of its step indexes and costs
 NATIVE_STEPS = ("fds", "session", "net_ns", "mount_ns", "ipc_ns", "uts_ns", "no_new_privs",
-                "seccomp", "uid", "pdeathsig")
+                "seccomp", "uid", "pdeathsig", "rlimits")
 # what the report then says, in the order the Python steps would have said it
 _NATIVE_APPLIED = ("fds", "session", "environment", "pid_ns", "net_ns", "mount_ns", "scratch",
                    "ipc_ns", "uts_ns", "no_new_privs", "seccomp", "uid", "pdeathsig")
 
 
-def native_args(stdio: tuple, uid: Optional[int], network: bool) -> Optional[tuple]:
+def native_args(stdio: tuple, uid: Optional[int], network: bool,
+                warm: bool = False) -> Optional[tuple]:
     """In the zygote, before the fork: the arguments of the native prepare for a child
     with these fds (channel, stdout, stderr) and uid — so the child computes nothing of
     them (every object it makes or touches is a copy-on-write fault) — or None when the
-    child takes the Python steps (no native isolation here, network, not root)."""
+    child takes the Python steps (no native isolation here, network, not root). A
+    ``warm`` child also applies the ceiling's rlimits natively (a cold one applies its
+    request's, later)."""
     plan = NATIVE[0]
     if plan is None or network or uid is None:
         return None
     shared = isolation.SHARED_NS
     _, view, tmpfs_options, fprog = plan
+    rlimits = b"".join(struct.pack("=iQQ", res, soft & _U64, hard & _U64)
+                       for res, _, soft, hard in CEILING_PLAN) if warm and CEILING else b""
     return (stdio[0], stdio[1], stdio[2], shared[isolation.CLONE_NEWNET],
             shared[isolation.CLONE_NEWIPC], shared[isolation.CLONE_NEWUTS], view,
-            tmpfs_options + b",uid=%d,gid=%d" % (uid, uid), uid, fprog, 0, True)
+            tmpfs_options + b",uid=%d,gid=%d" % (uid, uid), uid, fprog, 0, True, rlimits)
+
+
+_U64 = (1 << 64) - 1  # (RLIM_INFINITY is -1 in Python, all ones in C)
 
 
 def prepare_native(report: isolation.Report, args: tuple) -> Optional[isolation.IsolationError]:
@@ -173,15 +182,24 @@ def prepare_native(report: isolation.Report, args: tuple) -> Optional[isolation.
     this host allows every one of them). Returns the step's IsolationError or None."""
     failed, err, what, costs = NATIVE[0][0](*args)
     isolation.SHARED_NS.clear()  # (joined, or closed)
-    report.cost_us.update(zip(NATIVE_STEPS, costs))
+    with_rlimits = bool(args[12])
+    report.cost_us.update(zip(NATIVE_STEPS if with_rlimits else NATIVE_STEPS[:-1], costs))
     if failed >= 0:
         report.applied.extend(NATIVE_STEPS[:failed])
-        message = "%s: %s" % (what, os.strerror(err))
-        return isolation.IsolationError(NATIVE_STEPS[failed], message)
+        step = NATIVE_STEPS[failed]
+        if step == "rlimits":  # which one: as the Python step says it
+            _, field, soft, _ = CEILING_PLAN[int(what)]
+            what = "%s=%s" % (field, soft)
+        return isolation.IsolationError(step, "%s: %s" % (what, os.strerror(err)))
     report.applied.extend(_NATIVE_APPLIED)
     report.skip("user_ns", isolation.ROOT_SKIPS_USER_NS)
     isolation.IN_PID_NS[0] = True
     isolation.point_tempfile(isolation.SCRATCH_VIEW[0])
+    if with_rlimits:  # the ceiling's, as _apply_limits would have applied them
+        if CEILING.get("file_size") is not None:
+            isolation.ignore_sigxfsz()
+        report.ok("rlimits")
+        APPLIED_LIMITS[:] = [CEILING]
     return None
 
 

@@ -427,10 +427,15 @@ def apply_rlimits(report: Report, limits: Dict[str, Any], plan=None) -> None:
         except (OSError, ValueError) as exc:
             raise IsolationError("rlimits", "%s=%s: %s" % (field, soft, exc)) from None
     if limits.get("file_size") is not None:
-        # over-size writes fail with EFBIG instead of killing the process
-        _signal.signal(_SIGXFSZ, _SIG_IGN)
+        ignore_sigxfsz()
     if "rlimits" not in report.applied:  # applied ahead, then lowered for the request
         report.ok("rlimits")
+
+
+def ignore_sigxfsz() -> None:
+    """With a file size limit: over-size writes fail with EFBIG instead of killing the
+    process."""
+    _signal.signal(_SIGXFSZ, _SIG_IGN)
 
 
 _SIGXFSZ, _SIG_IGN = int(signal.SIGXFSZ), int(signal.SIG_IGN)

@@ -365,7 +365,7 @@ class Zygote:
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
 
         child_mod.NATIVE[0] = plan  # (for native_args; withdrawn if the probe fails)
-        args = child_mod.native_args((theirs.fileno(), out_w, err_w), uid, False)
+        args = child_mod.native_args((theirs.fileno(), out_w, err_w), uid, False, warm=True)
 
         def run():
             report = isolation.Report()
@@ -609,7 +609,7 @@ class Zygote:
         scratch = os.path.join(self.scratch_root, "w%d" % slot)
 
         native = child_mod.native_args((chan_theirs, out_w, err_w), uid,
-                                       bool(child_mod.CEILING.get("network")))
+                                       bool(child_mod.CEILING.get("network")), warm=True)
 
         def run():  # (the zygote's fds, ours included, are closed by the fds step)
             child_mod.main_warm(chan_theirs, out_w, err_w, uid=uid, scratch=scratch,

@@ -3,6 +3,7 @@ Python steps, used only where the zygote found it usable, failing like them."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -58,6 +59,26 @@ def test_native_and_python_steps_give_the_same_report_and_the_same_child(no_leak
 
 
 @pytest.mark.skipif(not ROOT, reason="the native path is the root configuration's")
+def test_the_ceilings_rlimits_hold_natively_as_with_the_python_steps(no_leaks):
+    """A warm child applies the ceiling's rlimits in the native call; a request's tighter
+    limits are applied on receipt, as on the Python path."""
+    from mistral_sandbox.runner.limits import DEFAULT_CEILING
+    runs = _run_both("sample_actions:Rlimits")
+    native, python = runs[True][2], runs[False][2]
+    assert native == python
+    assert native["RLIMIT_AS"] == [DEFAULT_CEILING.address_space] * 2
+    assert native["RLIMIT_NOFILE"] == [DEFAULT_CEILING.number_files] * 2
+    assert native["RLIMIT_FSIZE"] == [DEFAULT_CEILING.file_size] * 2
+    assert native["RLIMIT_CORE"] == [0, 0]
+    assert native["SIGXFSZ"] == int(signal.SIG_IGN)  # EFBIG instead of death
+    with Sandbox(max_workers=1, extra_path=[FIXTURES]) as sb:
+        out = sb.run("sample_actions:Rlimits", limits={"files": 32, "memory": "512MiB"})
+        assert sb.zygote_info["native_isolation"] == "on"
+        assert out.result.data["RLIMIT_NOFILE"] == [32, 32]
+        assert out.result.data["RLIMIT_AS"] == [512 * 2 ** 20] * 2
+
+
+@pytest.mark.skipif(not ROOT, reason="the native path is the root configuration's")
 @pytest.mark.parametrize("kwargs,why", [
     (dict(isolation={"uts_ns": "off"}), "off (a step is off)"),
     (dict(scratch_size=None), "off (the scratch is a directory)"),
@@ -82,7 +103,7 @@ net = os.open("/proc/self/ns/net", os.O_RDONLY)
 ipc = os.open("/proc/self/ns/ipc", os.O_RDONLY)
 uts = os.open("/proc/self/ns/uts", os.O_RDONLY)
 failed, err, what, costs = _native.prepare(b.fileno(), 1, 2, net, ipc, uts, b"/nonexistent/view",
-                                           b"size=1048576", 65534, 0, os.getppid(), False)
+                                           b"size=1048576", 65534, 0, os.getppid(), False, b"")
 print(json.dumps([child.NATIVE_STEPS[failed], os.strerror(err), what, os.getuid(),
                   sorted(int(f) for f in os.listdir("/proc/self/fd"))[:4]]))
 """
@@ -92,6 +113,38 @@ print(json.dumps([child.NATIVE_STEPS[failed], os.strerror(err), what, os.getuid(
     step, reason, what, uid, fds = json.loads(p.stdout)
     assert (step, what, reason) == ("mount_ns", "mount tmpfs", "No such file or directory")
     assert uid == 0 and fds[:4] == [0, 1, 2, 3]  # stopped there: the uid step never ran
+
+
+@pytest.mark.skipif(not ROOT, reason="mounting needs root")
+def test_a_failing_native_rlimit_is_named_as_the_python_step_names_it(tmp_path):
+    """In a throwaway process, every native step for real (own namespaces joined, a
+    tmpfs on a temporary view, the seccomp filter, uid 65534), then an impossible rlimit
+    (soft above hard): the rlimits step fails with the limit's name and value."""
+    os.chmod(tmp_path, 0o755)
+    code = r"""
+import json, os, resource, socket, sys
+from mistral_sandbox.runner import _native, child, isolation, seccomp
+view = sys.argv[1]
+program = seccomp.Program(seccomp.build(False))
+child.NATIVE[0] = (_native.prepare, view.encode(), b"size=1048576,mode=0700", program.address)
+child.CEILING.update({"number_files": 100})
+child.CEILING_PLAN[:] = [(resource.RLIMIT_NOFILE, "number_files", 100, 10)]
+for flag, name in ((isolation.CLONE_NEWNET, "net"), (isolation.CLONE_NEWIPC, "ipc"),
+                   (isolation.CLONE_NEWUTS, "uts")):
+    isolation.SHARED_NS[flag] = os.open("/proc/self/ns/" + name, os.O_RDONLY)
+a, b = socket.socketpair()
+args = list(child.native_args((b.fileno(), 1, 2), 65534, False, warm=True))
+args[10], args[11] = os.getppid(), False  # (not pid 1 of a pid namespace here)
+report = isolation.Report()
+error = child.prepare_native(report, tuple(args))
+print(json.dumps([error.step, error.reason, report.applied, os.getuid(), os.getcwd()]))
+"""
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                       text=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    step, reason, applied, uid, cwd = json.loads(p.stdout)
+    assert (step, reason) == ("rlimits", "number_files=100: Invalid argument")
+    assert applied == list(child.NATIVE_STEPS[:-1]) and uid == 65534 and cwd == str(tmp_path)
 
 
 def test_check_says_whether_children_isolate_natively():
