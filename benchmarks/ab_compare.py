@@ -50,7 +50,11 @@ def _q(values, p):
 
 def measure(n_back_to_back: int = 1000, n_paced: int = 200, seconds: float = 2.0) -> dict:
     """One round against the ``mistral_sandbox`` importable now; a dict of KEYS."""
-    from mistral_sandbox.runner.supervisor import Sandbox
+    try:
+        from mistral_sandbox import Sandbox
+        Sandbox.__name__  # (a version without the package-level export raises here)
+    except (ImportError, AttributeError):  # versions before the package-level export
+        from mistral_sandbox.runner.supervisor import Sandbox
     with Sandbox(max_workers=8) as sb:
         for _ in range(100):
             sb.run("std.noop")

@@ -8,8 +8,8 @@ import statistics
 import sys
 import time
 
-from mistral_sandbox.runner.isolation import OFF, STEPS
-from mistral_sandbox.runner.supervisor import Sandbox
+from mistral_sandbox import Sandbox
+from mistral_sandbox.runner.steps import NAMES as STEPS, OFF
 
 OPTIONAL = ("user_ns", "pid_ns", "net_ns", "mount_ns", "ipc_ns", "uts_ns", "no_new_privs",
             "seccomp")

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from mistral_sandbox.runner.supervisor import Sandbox
+from mistral_sandbox import Sandbox
 
 
 def pct(samples, q):

@@ -238,7 +238,7 @@ def run(quick: bool = False, soak: int = 0, isolation: Optional[dict] = None,
     ``warm``: the sandboxes' warm pool size (None: Sandbox's default)."""
     from mistral_sandbox.actions.std import EchoAction, NoOpAction
     from mistral_sandbox.api import ActionContext
-    from mistral_sandbox.runner.supervisor import Sandbox
+    from mistral_sandbox import Sandbox
 
     progress = progress or Progress()
     n = 100 if quick else 300

@@ -111,7 +111,7 @@ def _raise_interrupt(signum, frame):
 
 
 def cmd_run(args) -> int:
-    from mistral_sandbox.runner.supervisor import Sandbox, SandboxError
+    from mistral_sandbox import Sandbox, SandboxError
 
     params = parse_params(args.param or [], args.params_json)
     limits = parse_limits(args.limit or [])
@@ -173,7 +173,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from mistral_sandbox.runner.supervisor import Sandbox, SandboxError
+    from mistral_sandbox import Sandbox, SandboxError
     try:
         sandbox = Sandbox(max_workers=1, warm=0)
     except SandboxError as exc:
@@ -227,7 +227,7 @@ def _parse_policy(pairs) -> Optional[Dict[str, str]]:
 
 def cmd_bench(args) -> int:
     from mistral_sandbox import bench
-    from mistral_sandbox.runner.isolation import PolicyError, make_policy
+    from mistral_sandbox.runner.steps import PolicyError, make_policy
     policy = _parse_policy(args.policy)
     try:
         make_policy(policy)

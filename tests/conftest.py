@@ -7,7 +7,8 @@ import time
 import psutil
 import pytest
 
-from mistral_sandbox.runner.supervisor import DEFAULT_UID_COUNT, DEFAULT_UID_START, Sandbox
+from mistral_sandbox import Sandbox
+from mistral_sandbox.runner.settings import DEFAULT_UID_COUNT, DEFAULT_UID_START
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 

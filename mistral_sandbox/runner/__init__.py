@@ -1,6 +1,6 @@
-"""The sandbox: everything that runs inside, or talks to, a sandboxed child.
+"""The sandbox machinery: everything that runs inside, or talks to, a sandboxed child.
 
-Public entry points: :class:`~mistral_sandbox.runner.supervisor.Sandbox`,
-:class:`~mistral_sandbox.runner.limits.Limits`,
-:class:`~mistral_sandbox.runner.outcome.Outcome`.
+Users import :class:`~mistral_sandbox.sandbox.Sandbox` (and ``Limits``, ``Outcome``,
+``SandboxError``, ``Overloaded``) from :mod:`mistral_sandbox`; ``docs/architecture.md``
+maps the modules here.
 """

@@ -1,24 +1,23 @@
-/* Native isolation of a sandbox child: the steps of child.prepare() in one call.
+/* Native isolation of a sandbox child: the steps of isolation.prepare() in one call.
  *
  * Optional: built when a C compiler is at hand at install time; without it the
  * Python steps (mistral_sandbox/runner/isolation.py) do the same. Only the common
  * configuration takes this path (root, every step enabled, namespaces shared by the
- * zygote, a tmpfs scratch, no network; see Zygote._plan_native), and the zygote first
- * runs it once in a probe child, so a host that refuses a step keeps the Python path.
+ * zygote, a tmpfs scratch, no network; see native_plan.py), and the zygote first runs
+ * it once in a probe child, so a host that refuses a step keeps the Python path.
  *
  * Why: in a forked Python child every object the Python steps touch is a
- * copy-on-write page fault. Here the same system calls touch a few pages of C stack.
- * Measured on a 2-core VM: machine CPU per execution -9 %, back-to-back p50 -12 %.
+ * copy-on-write page fault; here the same system calls touch a few pages of C stack.
  *
- * prepare(chan, out, err, netfd, ipcfd, utsfd, view, tmpfs_options, uid,
- *         seccomp_fprog_address, expected_parent, in_pid_ns, rlimits)
+ * prepare(*, channel, stdout, stderr, net_ns_fd, ipc_ns_fd, uts_ns_fd, scratch_view,
+ *         tmpfs_options, uid, seccomp_filter, expected_parent, in_pid_ns, rlimits)
  *   -> (failed_step_index or -1, errno, what_failed, (microseconds per step, ...))
  *
- * Steps, in order (STEP_NAMES): fds, session, net_ns, mount_ns, ipc_ns, uts_ns,
- * no_new_privs, seccomp, uid, pdeathsig, rlimits (``rlimits``: packed (int resource,
- * uint64 soft, uint64 hard) entries; what_failed is then the entry's index). A failure
- * stops at once (the caller turns it
- * into the step's IsolationError); the child never runs an action after one.
+ * Steps, in order (STEP_NAMES, which must be steps.NATIVE_ORDER): fds, session, net_ns,
+ * mount_ns, ipc_ns, uts_ns, no_new_privs, seccomp, uid, pdeathsig, rlimits. ``rlimits``
+ * is packed (int resource, uint64 soft, uint64 hard) entries; what_failed is then the
+ * failing entry's index. A failure stops at once (the caller turns it into the step's
+ * IsolationError); the child never runs an action after one.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -79,8 +78,11 @@ above_channel(int fd)
 }
 
 static PyObject *
-native_prepare(PyObject *self, PyObject *args)
+native_prepare(PyObject *self, PyObject *args, PyObject *kwargs)
 {
+    static char *kwlist[] = {"channel", "stdout", "stderr", "net_ns_fd", "ipc_ns_fd",
+                             "uts_ns_fd", "scratch_view", "tmpfs_options", "uid",
+                             "seccomp_filter", "expected_parent", "in_pid_ns", "rlimits", NULL};
     int chan, out, err, netfd, ipcfd, utsfd, uid, expected_parent, in_pid_ns;
     const char *view, *tmpfs_options, *rlimits;
     Py_ssize_t rlimits_size, k;
@@ -93,9 +95,11 @@ native_prepare(PyObject *self, PyObject *args)
     struct mount_attr_ attr = {MOUNT_ATTR_RDONLY_, 0, 0, 0};
     int devnull;
 
-    if (!PyArg_ParseTuple(args, "iiiiiiyyiKipy#", &chan, &out, &err, &netfd, &ipcfd, &utsfd,
-                          &view, &tmpfs_options, &uid, &fprog, &expected_parent, &in_pid_ns,
-                          &rlimits, &rlimits_size))
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$iiiiiiyyiKipy#", kwlist, &chan, &out,
+                                     &err, &netfd, &ipcfd, &utsfd, &view, &tmpfs_options,
+                                     &uid, &fprog, &expected_parent, &in_pid_ns, &rlimits,
+                                     &rlimits_size))
         return NULL;
 
 #define FAIL(step, text) do { failed = (step); error = errno; what = (text); goto done; } while (0)
@@ -234,6 +238,7 @@ native_fork_in_new_pidns(PyObject *self, PyObject *arg)
     pid_t pid;
     int fork_errno;
 
+    (void)self;
     if (fd == -1 && PyErr_Occurred())
         return NULL;
     if (unshare(CLONE_NEWPID) < 0)
@@ -252,7 +257,7 @@ native_fork_in_new_pidns(PyObject *self, PyObject *arg)
 }
 
 static PyMethodDef native_methods[] = {
-    {"prepare", native_prepare, METH_VARARGS,
+    {"prepare", (PyCFunction)(void (*)(void))native_prepare, METH_VARARGS | METH_KEYWORDS,
      "Apply the isolation steps of a sandbox child (see the module source)."},
     {"fork_in_new_pidns", native_fork_in_new_pidns, METH_O,
      "Fork a child as pid 1 of a new pid namespace (see the module source)."},
@@ -261,7 +266,7 @@ static PyMethodDef native_methods[] = {
 
 static struct PyModuleDef native_module = {
     PyModuleDef_HEAD_INIT, "_native",
-    "Native isolation of a sandbox child (optional; see Zygote._plan_native).", -1,
+    "Native isolation of a sandbox child (optional; see native_plan.py).", -1,
     native_methods, NULL, NULL, NULL, NULL,
 };
 

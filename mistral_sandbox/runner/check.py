@@ -14,31 +14,7 @@ import ctypes.util
 import os
 from typing import Any, Dict, Optional
 
-from mistral_sandbox.runner import isolation
-
-STEP_DESCRIPTIONS = {
-    "session": "own process group in the zygote's terminal-less session (group killed at the end)",
-    "fds": "only stdio and the channel fd are open",
-    "environment": "environment replaced by PATH, HOME, TMPDIR, LANG, LC_ALL",
-    "scratch": "private scratch dir as cwd/HOME/TMPDIR (a tmpfs of scratch_size bytes "
-               "with mount_ns, else a directory removed afterwards)",
-    "rlimits": "kernel rlimits: address space, CPU, files, processes, file size, core",
-    "user_ns": "user namespace (non-root only)",
-    "pid_ns": "pid namespace, the action as its pid 1: sees only itself; all of it dies "
-              "with it",
-    "net_ns": "network namespace (one empty one, shared): no interfaces but a down loopback",
-    "mount_ns": "mount namespace: host read-only, only the scratch dir writable (and no "
-                "other execution's in sight)",
-    "ipc_ns": "IPC namespace (one, shared; no IPC object can be made in it): none of "
-              "the host's",
-    "uts_ns": "UTS namespace (one, shared): hostname 'sandbox'",
-    "no_new_privs": "PR_SET_NO_NEW_PRIVS: setuid binaries grant nothing",
-    "seccomp": "seccomp filter: ptrace, mount, bpf, kexec, keyctl, perf, unshare, "
-               "setns, SysV IPC, mqueues, every socket family but netlink (network "
-               "off)... refused",
-    "uid": "unprivileged per-execution uid (root); not root: every capability dropped",
-    "pdeathsig": "SIGKILL if the zygote dies",
-}
+from mistral_sandbox.runner import steps
 
 
 def _read(path: str) -> Optional[str]:
@@ -81,9 +57,9 @@ def host_facts(seccomp_library: Optional[str] = None) -> Dict[str, Any]:
 
 def probe(isolation_policy=None, seccomp_library: Optional[str] = None) -> Dict[str, Any]:
     """Host facts + per-step verdicts from one real sandboxed ``std.noop``."""
-    from mistral_sandbox.runner.supervisor import Sandbox, SandboxError
+    from mistral_sandbox.sandbox import Sandbox, SandboxError
 
-    policy = isolation.make_policy(isolation_policy)
+    policy = steps.make_policy(isolation_policy)
     result: Dict[str, Any] = {"host": host_facts(seccomp_library), "policy": policy}
     try:
         with Sandbox(max_workers=1, isolation=isolation_policy, warm=0, wait_exit=True,
@@ -100,26 +76,26 @@ def probe(isolation_policy=None, seccomp_library: Optional[str] = None) -> Dict[
     failed_step = None
     if outcome.exit_reason == "sandbox_error":
         result["error"] = outcome.message
-        for step in isolation.STEPS:
+        for step in steps.NAMES:
             if "isolation step %s failed" % step in outcome.message:
                 failed_step = step
-    steps = []
-    for step in isolation.STEPS:
-        level = policy.get(step, isolation.REQUIRED)
-        if step == failed_step:
+    verdicts = []
+    for step in steps.STEPS:
+        level = policy[step.name]
+        if step.name == failed_step:
             verdict, why = "FAILS", outcome.message
-        elif step in applied:
+        elif step.name in applied:
             verdict, why = "enforced", ""
-        elif level == isolation.OFF:
+        elif level == steps.OFF:
             verdict, why = "disabled", "policy: off"
-        elif step in skipped:
-            verdict, why = "skipped", skipped[step]
+        elif step.name in skipped:
+            verdict, why = "skipped", skipped[step.name]
         else:
             verdict, why = "unknown", "not reached (an earlier required step failed)"
-        steps.append({"step": step, "policy": level, "verdict": verdict, "reason": why,
-                      "what": STEP_DESCRIPTIONS[step],
-                      "cost_us": report.get("cost_us", {}).get(step)})
-    result["steps"] = steps
+        verdicts.append({"step": step.name, "policy": level, "verdict": verdict,
+                         "reason": why, "what": step.what,
+                         "cost_us": report.get("cost_us", {}).get(step.name)})
+    result["steps"] = verdicts
     result["ok"] = outcome.exit_reason == "ok"
     return result
 

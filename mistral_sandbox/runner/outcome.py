@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
+import signal
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from mistral_sandbox.api.types import Result
 
@@ -128,3 +130,123 @@ def _jsonable(v: Any) -> Any:
     if isinstance(v, datetime.datetime):
         return v.isoformat()
     return v
+
+
+# ---------------------------------------------------------------- building an outcome
+#
+# Pure functions of what the parent saw of an execution (``ex``: its reply, the kill it
+# ordered, its isolation report, output tails, logs) and of the zygote's exit report.
+
+ASYNC_TTL = 24 * 3600.0  # seconds an async handle stays valid
+EXIT_CHANNEL_LOST = 125  # how our child runtime exits when it could not deliver its reply
+
+_ERROR_KIND_REASON = {
+    "load_error": "load_error",
+    "action_error": "action_error",
+    "serialization_error": "action_error",
+    "memory_error": "memory_limit",
+    "sandbox_error": "sandbox_error",
+    "result_too_large": "output_limit",
+}
+
+
+def child_usage(usage: Usage, reported: Any) -> None:
+    """Fill ``usage`` from a child's own report (numbers only; anything else ignored)."""
+    usage.source = "child"
+    if not isinstance(reported, dict):
+        return
+    for field in ("cpu_user", "cpu_sys", "max_rss"):
+        value = reported.get(field)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+            setattr(usage, field, int(value) if field == "max_rss" else float(value))
+
+
+def _usage_and_status(ex, exit_report: Optional[dict]):
+    """(usage, exit status, signal): the kernel's account when there is an exit
+    report, else the child's own."""
+    usage = Usage(wall=time.monotonic() - ex.started)
+    if exit_report is None:
+        child_usage(usage, (ex.reply or {}).get("usage"))
+        return usage, None, None
+    usage.cpu_user, usage.cpu_sys = exit_report["utime"], exit_report["stime"]
+    usage.max_rss = exit_report["maxrss"]
+    raw = exit_report["status"]
+    if os.WIFSIGNALED(raw):
+        return usage, None, os.WTERMSIG(raw)
+    return usage, os.waitstatus_to_exitcode(raw), None
+
+
+def classify_signal(limits, sig: int, usage: Usage) -> Tuple[str, str]:
+    """The reason a process killed by ``sig`` ended for."""
+    name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+    cpu = limits.cpu_time
+    if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu is not None
+                                 and usage.cpu_user + usage.cpu_sys >= cpu):
+        return "cpu_limit", "the action exceeded its CPU-time limit of %gs" % cpu
+    rss = limits.resident_set_size
+    if rss is not None and usage.max_rss >= rss:
+        return "memory_limit", "the action exceeded its memory limit (%d bytes resident)" \
+            % usage.max_rss
+    return "killed", "the action's process was killed by %s" % name
+
+
+def _without_reply(ex, exit_report, status, sig, usage) -> Tuple[str, str]:
+    """The reason of an execution whose child never replied."""
+    if sig is not None:
+        return classify_signal(ex.limits, sig, usage)
+    if exit_report is None:
+        return "sandbox_error", "the execution ended without an exit report"
+    if not ex.isolation:  # no tenant code runs before the ready message: our side
+        return "sandbox_error", "the sandboxed process ended before it started the " \
+            "action (exit status %s)" % status
+    if status in (0, EXIT_CHANNEL_LOST):  # our runtime: it could not deliver the reply
+        return "protocol_error", "the child closed its channel before replying (exit " \
+            "status %s)" % status
+    return "action_error", "the action's process exited with status %s before returning " \
+        "a result" % status
+
+
+def build(ex, exit_report: Optional[dict]) -> "Outcome":
+    """The outcome of execution ``ex`` (exit report None: delivered before its exit)."""
+    usage, status, sig = _usage_and_status(ex, exit_report)
+    reply = ex.reply
+    fields: Dict[str, Any] = {}
+    if ex.kill_reason:
+        reason, message = ex.kill_reason, ex.kill_message
+    elif reply is not None and reply["type"] == "result":
+        reason, message = "ok", ""
+        fields["result"] = Result(reply.get("data"), reply.get("error"),
+                                  reply.get("cancel", False))
+        if reply.get("sync") is False:
+            now = time.time()
+            fields["async_handle"] = AsyncHandle(ex.aeid, ex.ref.name, now, now + ASYNC_TTL)
+            message = "asynchronous action started; its result arrives later for action " \
+                      "execution %s" % ex.aeid
+    elif reply is not None:
+        reason, message = _ERROR_KIND_REASON[reply["kind"]], reply["message"]
+        fields["error_type"] = reply.get("exc_type")
+        fields["traceback"] = ex.redact(reply.get("traceback"))
+    else:
+        reason, message = _without_reply(ex, exit_report, status, sig, usage)
+    isolation = dict(ex.isolation)
+    if exit_report is not None:
+        isolation["survivors_swept"] = exit_report.get("swept", False)
+        isolation["scratch_removed"] = exit_report.get("scratch_removed", False)
+    notes = list(ex.notes)
+    if ex.logs_dropped:
+        notes.append("%d log records dropped (max_log_bytes)" % ex.logs_dropped)
+    io = ex.io
+    return Outcome(
+        exit_reason=reason, message=ex.redact(message) or "", usage=usage,
+        stdout=ex.redact(io.stdout.text()), stderr=ex.redact(io.stderr.text()),
+        stdout_bytes=io.stdout.total, stderr_bytes=io.stderr.total, exit_status=status,
+        signal=sig, execution_id=ex.id, action=ex.ref.name, action_execution_id=ex.aeid,
+        limits=ex.limits.to_dict(human=True), notes=notes, logs=ex.logs,
+        isolation=isolation, **fields)
+
+
+def without_run(ex, reason: str, message: str) -> "Outcome":
+    """The outcome of an execution that never reached a child (cancelled, refused)."""
+    return Outcome(reason, message=message, execution_id=ex.id, action=ex.ref.name,
+                   action_execution_id=ex.aeid, limits=ex.limits.to_dict(human=True),
+                   notes=list(ex.notes))

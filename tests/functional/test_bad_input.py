@@ -9,7 +9,7 @@ import time
 import pytest
 
 from mistral_sandbox.runner.limits import LimitError
-from mistral_sandbox.runner.supervisor import Sandbox
+from mistral_sandbox import Sandbox
 from tests.conftest import FIXTURES
 
 

@@ -2,7 +2,7 @@ import concurrent.futures
 import threading
 
 from mistral_sandbox.api import Result
-from mistral_sandbox.runner.supervisor import Sandbox, SandboxError
+from mistral_sandbox import Sandbox, SandboxError
 from tests.conftest import FIXTURES, open_fds, sandbox_temp_dirs
 
 

@@ -10,7 +10,7 @@ import time
 import psutil
 
 from mistral_sandbox.runner.limits import DEFAULT_CEILING
-from mistral_sandbox.runner.supervisor import Sandbox
+from mistral_sandbox import Sandbox
 from tests.conftest import FIXTURES
 
 

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from mistral_sandbox.runner.isolation import PolicyError, make_policy
+from mistral_sandbox.runner.steps import PolicyError, make_policy
 from mistral_sandbox.runner.limits import DEFAULT_CEILING
-from mistral_sandbox.runner.supervisor import Sandbox
+from mistral_sandbox import Sandbox
 from tests.conftest import FIXTURES
 
 MISSING_LIB = "/nonexistent/libseccomp.so.2"
@@ -115,7 +115,7 @@ def test_check_shows_a_required_step_that_fails():
 
 _FORKER_SCRIPT = r"""
 import ctypes, errno, json, os, sys
-from mistral_sandbox.runner import isolation
+from mistral_sandbox.runner import linux
 if os.geteuid() != 0:
     print(json.dumps({"skip": "not root"})); sys.exit(0)
 own = os.readlink("/proc/self/ns/pid_for_children")
@@ -123,7 +123,7 @@ native = None
 if sys.argv[1].startswith("native"):  # the C helper's fork
     from mistral_sandbox.runner import _native
     native = _native.fork_in_new_pidns
-forker = isolation.PidNamespaceForker(os.open("/proc/self/ns/pid", os.O_RDONLY), native)
+forker = linux.PidNamespaceForker(os.open("/proc/self/ns/pid", os.O_RDONLY), native)
 if sys.argv[1] == "fail":  # unshare refused: a plain fork, and why
     def refuse(_flag):
         ctypes.set_errno(errno.EPERM)

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from mistral_sandbox.runner import child
-from mistral_sandbox.runner.supervisor import Sandbox
+from mistral_sandbox.runner import steps
+from mistral_sandbox import Sandbox
 from tests.conftest import FIXTURES
 
 ROOT = os.geteuid() == 0
@@ -33,7 +33,7 @@ def _run_both(ref, params=None):
 def test_the_helper_is_built_here():
     # the test environment installs with a C compiler: a missing helper is a build bug
     from mistral_sandbox.runner import _native
-    assert tuple(_native.STEP_NAMES.split()) == child.NATIVE_STEPS
+    assert tuple(_native.STEP_NAMES.split()) == steps.NATIVE_ORDER
 
 
 @pytest.mark.skipif(not ROOT, reason="the native path is the root configuration's")
@@ -97,14 +97,16 @@ def test_a_failing_native_step_is_named_with_its_reason():
     nothing after it ran (still root)."""
     code = r"""
 import json, os, socket
-from mistral_sandbox.runner import _native, child
+from mistral_sandbox.runner import _native, steps
 a, b = socket.socketpair()
 net = os.open("/proc/self/ns/net", os.O_RDONLY)
 ipc = os.open("/proc/self/ns/ipc", os.O_RDONLY)
 uts = os.open("/proc/self/ns/uts", os.O_RDONLY)
-failed, err, what, costs = _native.prepare(b.fileno(), 1, 2, net, ipc, uts, b"/nonexistent/view",
-                                           b"size=1048576", 65534, 0, os.getppid(), False, b"")
-print(json.dumps([child.NATIVE_STEPS[failed], os.strerror(err), what, os.getuid(),
+failed, err, what, costs = _native.prepare(
+    channel=b.fileno(), stdout=1, stderr=2, net_ns_fd=net, ipc_ns_fd=ipc, uts_ns_fd=uts,
+    scratch_view=b"/nonexistent/view", tmpfs_options=b"size=1048576", uid=65534,
+    seccomp_filter=0, expected_parent=os.getppid(), in_pid_ns=False, rlimits=b"")
+print(json.dumps([steps.NATIVE_ORDER[failed], os.strerror(err), what, os.getuid(),
                   sorted(int(f) for f in os.listdir("/proc/self/fd"))[:4]]))
 """
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
@@ -122,21 +124,26 @@ def test_a_failing_native_rlimit_is_named_as_the_python_step_names_it(tmp_path):
     (soft above hard): the rlimits step fails with the limit's name and value."""
     os.chmod(tmp_path, 0o755)
     code = r"""
-import json, os, resource, socket, sys
-from mistral_sandbox.runner import _native, child, isolation, seccomp
+import dataclasses, json, os, resource, socket, sys
+from mistral_sandbox.runner import _native, isolation, linux, seccomp
+from mistral_sandbox.runner.child_config import ChildConfig, ChildSpec, NativePlan
 view = sys.argv[1]
 program = seccomp.Program(seccomp.build(False))
-child.NATIVE[0] = (_native.prepare, view.encode(), b"size=1048576,mode=0700", program.address)
-child.CEILING.update({"number_files": 100})
-child.CEILING_PLAN[:] = [(resource.RLIMIT_NOFILE, "number_files", 100, 10)]
-for flag, name in ((isolation.CLONE_NEWNET, "net"), (isolation.CLONE_NEWIPC, "ipc"),
-                   (isolation.CLONE_NEWUTS, "uts")):
-    isolation.SHARED_NS[flag] = os.open("/proc/self/ns/" + name, os.O_RDONLY)
+shared = {flag: os.open("/proc/self/ns/" + name, os.O_RDONLY)
+          for flag, name in linux.NS_NAMES.items()}
+config = ChildConfig(
+    zygote_pid=os.getppid(), max_frame=1 << 20, policy={}, ceiling={"number_files": 100},
+    ceiling_plan=((resource.RLIMIT_NOFILE, "number_files", 100, 10),), scratch_view=view,
+    scratch_tmpfs=1 << 20, seccomp={False: program}, seccomp_unavailable="",
+    shared_ns=shared, pid_ns=False,
+    native=NativePlan(_native.prepare, view.encode(), b"size=1048576,mode=0700",
+                      program.address))
 a, b = socket.socketpair()
-args = list(child.native_args((b.fileno(), 1, 2), 65534, False, warm=True))
-args[10], args[11] = os.getppid(), False  # (not pid 1 of a pid namespace here)
+args = isolation.native_args(config, config.native, (b.fileno(), 1, 2), 65534, warm=True)
+args.update(expected_parent=os.getppid(), in_pid_ns=False)  # (not pid 1 of a namespace here)
+spec = ChildSpec(None, 65534, "", (b.fileno(), 1, 2), False, args)
 report = isolation.Report()
-error = child.prepare_native(report, tuple(args))
+error = isolation.prepare_native(report, config, spec)
 print(json.dumps([error.step, error.reason, report.applied, os.getuid(), os.getcwd()]))
 """
     p = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
@@ -144,7 +151,7 @@ print(json.dumps([error.step, error.reason, report.applied, os.getuid(), os.getc
     assert p.returncode == 0, p.stderr
     step, reason, applied, uid, cwd = json.loads(p.stdout)
     assert (step, reason) == ("rlimits", "number_files=100: Invalid argument")
-    assert applied == list(child.NATIVE_STEPS[:-1]) and uid == 65534 and cwd == str(tmp_path)
+    assert applied == list(steps.NATIVE_ORDER[:-1]) and uid == 65534 and cwd == str(tmp_path)
 
 
 def test_check_says_whether_children_isolate_natively():

@@ -6,7 +6,8 @@ import os
 import pytest
 
 from mistral_sandbox.runner.limits import LimitError
-from mistral_sandbox.runner.supervisor import DEFAULT_SCRATCH_SIZE, Sandbox
+from mistral_sandbox import Sandbox
+from mistral_sandbox.runner.settings import DEFAULT_SCRATCH_SIZE
 from tests.conftest import FIXTURES
 
 MIB = 1024 ** 2

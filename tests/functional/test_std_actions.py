@@ -3,7 +3,7 @@
 import os
 
 from mistral_sandbox.api import ActionContext, ExecutionContext, Result, SecurityContext
-from mistral_sandbox.runner.supervisor import Sandbox
+from mistral_sandbox import Sandbox
 
 
 def test_echo_returns_its_input(sandbox, clean):

@@ -12,7 +12,7 @@ import time
 import psutil
 import pytest
 
-from mistral_sandbox.runner.supervisor import Overloaded, Sandbox, SandboxError
+from mistral_sandbox import Overloaded, Sandbox, SandboxError
 from tests.conftest import FIXTURES
 
 ROOT = os.geteuid() == 0
@@ -167,7 +167,7 @@ def test_caller_killed_leaves_nothing_behind(no_leaks):
     """SIGKILL the process that owns a Sandbox mid-execution: its zygote notices (EOF),
     kills the children and removes every directory; nothing of it survives."""
     code = ("import sys, time\n"
-            "from mistral_sandbox.runner.supervisor import Sandbox\n"
+            "from mistral_sandbox import Sandbox\n"
             "sb = Sandbox(max_workers=2)\n"
             "futures = [sb.submit('std.sleep', {'seconds': 60}) for _ in range(2)]\n"
             "print(sb.zygote_info['pid'], sb.scratch_root, flush=True)\n"

@@ -12,7 +12,7 @@ import time
 
 import psutil
 
-from mistral_sandbox.runner.supervisor import Sandbox
+from mistral_sandbox import Sandbox
 from tests.conftest import FIXTURES, open_fds, sandbox_temp_dirs, sandbox_uid_processes
 
 N = int(os.environ.get("SOAK_N", "1000"))

@@ -1,0 +1,167 @@
+"""One execution as the parent sees it: its state, and what its child said.
+
+An :class:`Execution` moves through :class:`State`::
+
+    QUEUED -> STARTING -> RUNNING -> DELIVERED -> EXITED
+                 |           |                      ^
+                 |           +----------------------+  (outcome at the exit report)
+                 +-> QUEUED  (its prepared child died before starting it: once)
+
+Once queued it is touched only by the engine's I/O thread. It validates the order
+of its child's messages (:meth:`on_message`; a violation raises ``ProtocolError``)
+and records the kill the parent ordered; :func:`~mistral_sandbox.runner.outcome.build`
+turns it into the outcome.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import enum
+import logging
+from typing import Any, Dict, List, Optional
+
+from mistral_sandbox.api.context import REDACTED
+from mistral_sandbox.runner import protocol
+from mistral_sandbox.runner.child_io import ChildIO
+
+ACTION_LOG = logging.getLogger("mistral_sandbox.action")
+
+
+class State(enum.Enum):
+    QUEUED = "queued"        # waiting for a worker
+    STARTING = "starting"    # handed to a child; no tenant code has run yet
+    RUNNING = "running"      # the child reported ready: the action may run
+    DELIVERED = "delivered"  # outcome delivered; waiting for the exit report
+    EXITED = "exited"        # reaped, or ended without a child: final
+
+
+_NEXT = {
+    State.QUEUED: {State.STARTING, State.EXITED},
+    State.STARTING: {State.RUNNING, State.DELIVERED, State.EXITED, State.QUEUED},
+    State.RUNNING: {State.DELIVERED, State.EXITED},
+    State.DELIVERED: {State.EXITED},
+    State.EXITED: set(),
+}
+
+
+class Execution:
+    """``ref`` (resolved), the encoded ``request`` frame, the caller's ``future``, the
+    effective ``limits`` with the ``notes`` of their clamping, the action execution id
+    ``aeid`` and the ``token`` to redact from every text."""
+
+    def __init__(self, exec_id: int, ref, request: bytes, future: concurrent.futures.Future,
+                 limits, notes: List[str], aeid: Optional[str], token: Optional[str]):
+        self.id = exec_id
+        self.ref = ref
+        self.future = future
+        self.limits = limits
+        self.notes = notes
+        self.aeid = aeid
+        self.token = token
+        # kept until the child reports ready, to run it again if the prepared child it
+        # was handed to dies before that (no tenant code ran): at most once
+        self.request: Optional[bytes] = request
+        self.attempts = 0
+        self.cold_wait_since: Optional[float] = None  # waiting for a prepared child since
+        self.state = State.QUEUED
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget every trace of a child (a new execution, or one run again)."""
+        self.io: Optional[ChildIO] = None
+        self.pid: Optional[int] = None
+        self.slot: Optional[int] = None  # the prepared child's slot, if it runs in one
+        self.scratch: Optional[str] = None
+        self.started = 0.0
+        self.deadline: Optional[float] = None
+        self.isolation: Dict[str, Any] = {}
+        self.reply: Optional[Dict[str, Any]] = None
+        self.logs: List[Dict[str, Any]] = []
+        self.log_bytes = 0
+        self.logs_dropped = 0
+        self.kill_reason: Optional[str] = None
+        self.kill_message = ""
+        self.kill_sent = False
+
+    def advance(self, state: State) -> None:
+        if state not in _NEXT[self.state]:
+            raise RuntimeError("execution %d cannot go from %s to %s"
+                               % (self.id, self.state.value, state.value))
+        self.state = state
+
+    def start(self, io: ChildIO, started: float) -> None:
+        """Handed to a child (``io``: the parent's ends of it)."""
+        self.advance(State.STARTING)
+        self.attempts += 1
+        self.io = io
+        self.started = started
+        if self.limits.wall_time is not None:
+            self.deadline = started + self.limits.wall_time
+
+    def requeue(self) -> None:
+        """Its prepared child died before starting it: back to the queue, afresh."""
+        self.advance(State.QUEUED)
+        self._reset()
+
+    def may_run_again(self) -> bool:
+        """True if the child died before starting the action, from causes not ours to
+        blame on the action (no reply, no kill), and this was the first attempt."""
+        return (self.state is State.STARTING and self.slot is not None and self.reply is None
+                and not self.kill_reason and self.request is not None and self.attempts == 1)
+
+    @property
+    def delivered(self) -> bool:
+        return self.state in (State.DELIVERED, State.EXITED)
+
+    def redact(self, text: Optional[str]) -> Optional[str]:
+        if text and self.token:
+            return text.replace(self.token, REDACTED)
+        return text
+
+    def condemn(self, reason: str, message: str) -> bool:
+        """The parent ends this execution (``reason``); True if the zygote must still be
+        asked to kill it. A reply already in hand stands, unless the child broke the
+        protocol after it."""
+        if self.kill_reason is None and (self.reply is None or reason == "protocol_error"):
+            self.kill_reason, self.kill_message = reason, message
+        if self.kill_sent:
+            return False
+        self.kill_sent = True
+        return True
+
+    def on_message(self, msg: Dict[str, Any]) -> None:
+        """A validated message from the child; ProtocolError if it is out of order."""
+        mtype = msg["type"]
+        if mtype == "log":
+            self._on_log(msg)
+            return
+        if "id" in msg and msg["id"] != self.id:
+            raise protocol.ProtocolError("message for execution %r on the channel of %r"
+                                         % (msg["id"], self.id))
+        if mtype == "ready":
+            if self.isolation:
+                raise protocol.ProtocolError("second ready message")
+            self.isolation = msg["isolation"]
+            self.request = None  # it started: never run again
+            self.advance(State.RUNNING)
+        elif mtype in ("result", "error"):
+            if self.reply is not None:
+                raise protocol.ProtocolError("second %s message" % mtype)
+            if not self.isolation and mtype == "result":
+                raise protocol.ProtocolError("result before the child reported ready")
+            if not self.isolation and msg.get("isolation"):
+                self.isolation = msg["isolation"]  # a sandbox_error: steps applied so far
+            self.reply = msg
+        elif mtype == "call":
+            raise protocol.ProtocolError("nested action calls are not enabled in this runner")
+
+    def _on_log(self, msg: Dict[str, Any]) -> None:
+        text = self.redact(msg["msg"])
+        cap = self.limits.max_log_bytes
+        if cap is not None and self.log_bytes + len(text) > cap:
+            self.logs_dropped += 1
+            return
+        self.log_bytes += len(text)
+        self.logs.append({"level": msg["level"], "logger": msg.get("logger"), "msg": text})
+        if ACTION_LOG.isEnabledFor(msg["level"]):
+            ACTION_LOG.log(msg["level"], "[%s #%d] %s", self.ref.name, self.id, text)

@@ -1,0 +1,252 @@
+"""What runs the action inside a child: load it, call it, encode its reply.
+
+Set up once in the zygote (:func:`install_runtime`, :func:`warm_up_code`), used in
+each child by :mod:`.child`. Log records and warnings of the action go to the
+parent as ``log`` frames over the child's :class:`Channel`.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+import traceback
+import warnings
+from typing import Any, Dict, Optional
+
+from mistral_sandbox.actions import loader
+from mistral_sandbox.api import base as api_base
+from mistral_sandbox.api import security
+from mistral_sandbox.api.context import ActionContext, ExecutionContext, SecurityContext
+from mistral_sandbox.api.exceptions import ActionException
+from mistral_sandbox.runner import protocol
+
+MAX_LOG_MSG = 8192
+MAX_TEXT = 64 * 1024      # bytes of an error message or traceback sent to the parent
+TRACEBACK_FRAMES = 100    # most recent frames kept in a traceback
+
+
+def bounded(text: str, limit: int = MAX_TEXT, tail: bool = False) -> str:
+    if len(text) <= limit:
+        return text
+    cut = len(text) - limit
+    if tail:
+        return "[%d characters cut]...%s" % (cut, text[-limit:])
+    return "%s...[%d characters cut]" % (text[:limit], cut)
+
+
+def usage() -> Dict[str, Any]:
+    """This process's own resource use, and that of the children it waited for."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"cpu_user": own.ru_utime + kids.ru_utime, "cpu_sys": own.ru_stime + kids.ru_stime,
+            "max_rss": max(own.ru_maxrss, kids.ru_maxrss) * 1024}
+
+
+class Channel:
+    """Blocking frame writer on the child's channel; remembers whether it broke."""
+
+    def __init__(self, sock, exec_id: Optional[int]):
+        self.sock = sock
+        self.exec_id = exec_id
+        self.broken = False
+
+    def send_raw(self, frame: bytes) -> bool:
+        if self.broken:
+            return False
+        try:
+            self.sock.sendall(frame)
+            return True
+        except OSError:
+            self.broken = True
+            return False
+
+    def send(self, msg: Dict[str, Any]) -> bool:
+        return self.send_raw(protocol.encode(msg))
+
+    def error(self, kind: str, message: str, exc: Optional[BaseException] = None) -> bool:
+        """Send an error frame; never raises (bounded texts, a minimal frame as fallback)."""
+        msg = {"type": "error", "id": self.exec_id, "kind": kind,
+               "message": bounded(message), "usage": usage()}
+        try:
+            if exc is not None:
+                msg["exc_type"] = "%s.%s" % (type(exc).__module__, type(exc).__qualname__)
+                msg["traceback"] = bounded("".join(traceback.format_exception(
+                    type(exc), exc, exc.__traceback__, limit=-TRACEBACK_FRAMES)), tail=True)
+            return self.send(msg)
+        except BaseException:
+            msg.pop("traceback", None)
+            try:
+                msg["message"] = bounded(msg["message"], 1024)
+                return self.send(msg)
+            except BaseException:
+                return self.send_raw(protocol.encode({
+                    "type": "error", "id": self.exec_id, "kind": kind,
+                    "message": "the action failed and its error could not be encoded"}))
+
+
+class _Sink:
+    """A channel that sends nowhere (for the rehearsal)."""
+
+    exec_id = 0
+    broken = False
+
+    def send(self, msg: Dict[str, Any]) -> bool:
+        return True
+
+
+class LogForwarder(logging.Handler):
+    """Sends the action's log records to the parent as ``log`` frames over
+    :attr:`channel` (set by the child once it has one; None: records are dropped)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.channel: Optional[Channel] = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        channel = self.channel
+        if channel is None:
+            return
+        try:
+            text = self.format(record)[:MAX_LOG_MSG]
+            channel.send({"type": "log", "level": int(record.levelno), "msg": text,
+                          "logger": record.name})
+        except Exception:  # logging must never break the action
+            pass
+
+
+LOG_FORWARDER = LogForwarder()
+
+
+def install_runtime(preloaded=()) -> None:
+    """What every action finds set up; done once, in the zygote, before any fork.
+
+    Log records (and warnings, shown once per place) go to the child's channel.
+    ``is_legacy`` is computed for the action classes of the ``preloaded`` modules, so a
+    child need not inspect their signatures (each first touch of a shared page costs a
+    child a copy-on-write fault).
+    """
+    root = logging.getLogger()
+    root.handlers[:] = [LOG_FORWARDER]
+    root.setLevel(logging.INFO)
+    logging.captureWarnings(True)
+    warnings.simplefilter("default")
+    for name in preloaded:
+        module = sys.modules.get(name)
+        for obj in list(vars(module).values()) if module is not None else ():
+            if isinstance(obj, type) and callable(getattr(obj, "run", None)):
+                try:
+                    api_base.is_legacy(obj)
+                except Exception:  # not our business here; the loader will tell
+                    pass
+
+
+class LoadFailure(Exception):
+    """The action could not be loaded; the message says why (``load_error``)."""
+
+
+class ActionFailure(Exception):
+    """The action raised; ``__cause__`` is what it raised (``action_error``)."""
+
+
+def _unwrap_result(value: Any) -> Dict[str, Any]:
+    """Plain data, or a Result from us or mistral-lib -> {data, error, cancel}."""
+    if all(hasattr(value, f) for f in ("data", "error", "cancel")) and \
+            type(value).__name__ == "Result":
+        return {"data": value.data, "error": value.error, "cancel": bool(value.cancel)}
+    return {"data": value, "error": None, "cancel": False}
+
+
+def run_action(request: Dict[str, Any], channel: Any, unreadable_paths=()) -> Dict[str, Any]:
+    """Load and call the requested action; its ``result`` reply (without usage).
+    Raises :class:`LoadFailure` or :class:`ActionFailure`."""
+    action_spec = request["action"]
+    name = action_spec.get("name") or action_spec.get("target")
+    mode = request.get("mode", "run")
+    try:
+        cls = loader.check_action_class(loader.import_target(action_spec["target"]), name)
+        if mode == "describe":
+            return {"type": "result", "id": channel.exec_id, "data": loader.describe(cls, name),
+                    "sync": True}
+        action = loader.instantiate(cls, request.get("params") or {}, name)
+        context = ActionContext.from_dict(request.get("context"))
+        action_context = loader.make_context(action, context)
+    except loader.LoadError as exc:
+        raise LoadFailure(str(exc) + _import_hint(str(exc), unreadable_paths)) from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise LoadFailure("malformed request for %s: %s" % (name, exc)) from None
+    try:
+        with security.bind(context.security):
+            is_sync = getattr(action, "is_sync", None)  # duck-typed actions may lack it
+            sync = bool(is_sync()) if callable(is_sync) else True
+            value = api_base.call_run(action, action_context,
+                                      "test" if mode == "test" else "run")
+    except BaseException as exc:
+        raise ActionFailure() from exc
+    reply = {"type": "result", "id": channel.exec_id, "sync": sync}
+    reply.update(_unwrap_result(value) if sync or mode == "test" else
+                 {"data": None, "error": None, "cancel": False})
+    return reply
+
+
+def _import_hint(error: str, unreadable_paths) -> str:
+    if "ModuleNotFoundError" not in error or not unreadable_paths:
+        return ""
+    return ("; note: the sandbox uid cannot read %s, so only modules the zygote preloaded "
+            "are importable from there (make the path world-readable or preload the module)"
+            % ", ".join(unreadable_paths))
+
+
+def encode_reply(reply: Dict[str, Any], max_frame: int) -> bytes:
+    """The reply's frame; SerializationError names what cannot be carried,
+    ProtocolError says it exceeds ``max_frame``."""
+    for field in ("data", "error"):
+        if not protocol.depth_ok(reply.get(field)):
+            raise protocol.SerializationError("result is nested deeper than %d levels"
+                                              % protocol.MAX_DEPTH)
+    try:
+        return protocol.encode(reply, max_frame)
+    except protocol.SerializationError as exc:
+        problem = protocol.find_unserializable(reply.get("data"), "result") or \
+            protocol.find_unserializable(reply.get("error"), "result error") or str(exc)
+        raise protocol.SerializationError(problem) from None
+
+
+def action_error_message(cause: BaseException) -> str:
+    if isinstance(cause, ActionException):
+        return "%s" % cause
+    return "%s: %s" % (type(cause).__name__, cause)
+
+
+# what a request's context looks like (every field set, as the supervisor sends it)
+_REHEARSAL_CONTEXT = ActionContext(
+    SecurityContext(auth_token="rehearsal", user_id="u", project_id="p"),
+    ExecutionContext(action_execution_id="00000000-0000-0000-0000-000000000000")).to_dict()
+
+
+def rehearse(ceiling, isolation_report: Dict[str, Any]) -> None:
+    """One request's path through the runtime, on std.noop, with nothing sent; never
+    raises (an optimisation must not fail anything) and leaves nothing an execution
+    could see. Done in the zygote (:func:`warm_up_code`) and by each prepared child
+    while it waits, so the real request finds its pages already copied."""
+    try:
+        frame = protocol.encode({"type": "run", "id": 0, "action": {
+            "name": "std.noop", "target": "mistral_sandbox.actions.std:NoOpAction"},
+            "params": {}, "context": _REHEARSAL_CONTEXT, "limits": dict(ceiling),
+            "mode": "run"})
+        request = protocol.validate(protocol.unpackb(frame[protocol.HEADER.size:]),
+                                    frozenset({"run"}))
+        protocol.encode({"type": "ready", "id": 0, "isolation": isolation_report})
+        reply = run_action(request, _Sink())
+        reply["usage"] = usage()
+        encode_reply(reply, protocol.DEFAULT_MAX_FRAME)
+    except Exception:
+        pass
+
+
+def warm_up_code(ceiling, rounds: int = 16) -> None:
+    """Rehearse ``rounds`` times in the zygote, before any fork: CPython 3.11 rewrites
+    ("quickens") a function's bytecode in place after its first calls, and each such
+    write in a child would be a copy-on-write fault."""
+    for _ in range(rounds):
+        rehearse(ceiling, {"applied": [], "skipped": [], "cost_us": {}})

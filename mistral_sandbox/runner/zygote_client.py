@@ -1,0 +1,179 @@
+"""The supervisor's handle on its zygote: start it, talk to it, restart it.
+
+Each start is a new *generation*: a fresh interpreter (``python -I``, a minimal
+environment, no inherited fd but its end of the control socket) with a scratch
+directory of its own under the sandbox's scratch root (children of a dead
+generation may still be dying while the next one starts). The first start blocks
+(``Sandbox()`` must fail if it cannot start); restarts after a death never do:
+:meth:`schedule_restart` sets a timer with backoff, the engine calls
+:meth:`spawn` when it is due and waits for the hello in its selector.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import time
+from typing import Any, Dict, Optional
+
+import mistral_sandbox
+from mistral_sandbox.runner import control
+from mistral_sandbox.runner.errors import SandboxError
+from mistral_sandbox.runner.settings import SandboxSettings
+
+LOG = logging.getLogger(__name__)
+
+START_TIMEOUT = 60.0  # seconds a new zygote may take to say hello
+RESTART_BACKOFF = (0.0, 0.1, 0.5, 1.0, 2.0)  # seconds before each restart attempt
+_PKG_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(mistral_sandbox.__file__)))
+_BOOTSTRAP = ("import sys; sys.path.insert(0, %r); "
+              "from mistral_sandbox.runner.zygote import main; main()" % _PKG_ROOT)
+
+
+class ZygoteClient:
+    """One sandbox's zygote, generation after generation."""
+
+    backoff = RESTART_BACKOFF
+
+    def __init__(self, settings: SandboxSettings, scratch_root: str):
+        self.settings = settings
+        self.scratch_root = scratch_root
+        self.proc: Optional[subprocess.Popen] = None
+        self.ctl: Optional[socket.socket] = None
+        self.info: Dict[str, Any] = {}
+        self.ready = False          # said hello: serves requests
+        self.generation = 0
+        self.scratch_dir = ""       # this generation's directory
+        self.restarts = 0
+        self.failed_attempts = 0    # restart attempts since the last death
+        self.last_error = ""
+        self.retry_at: Optional[float] = None
+        self.hello_deadline: Optional[float] = None
+
+    def start(self) -> None:
+        """Start a zygote and wait for its hello; SandboxError with its error output
+        if it cannot start."""
+        self.spawn()
+        self.ctl.settimeout(START_TIMEOUT)
+        try:
+            self.take_hello()
+        except BaseException:  # interrupted while waiting too: leave nothing behind
+            self.stop()
+            raise
+
+    def spawn(self) -> None:
+        """Start a new generation's process; its hello comes later (:meth:`take_hello`)."""
+        self.generation += 1
+        gen_dir = os.path.join(self.scratch_root, "g%d" % self.generation)
+        os.mkdir(gen_dir, 0o711)
+        os.chmod(gen_dir, 0o711)  # (umask) sandbox uids may enter only their own dir
+        self.scratch_dir = gen_dir
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        settings = self.settings.zygote_settings(gen_dir, child.fileno())
+        try:
+            with open(gen_dir + ".stderr", "wb") as err:
+                self.proc = subprocess.Popen(
+                    [self.settings.python, "-I", "-c", _BOOTSTRAP, json.dumps(settings)],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                    pass_fds=(child.fileno(),), close_fds=True, start_new_session=True,
+                    env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"},
+                    cwd="/")
+        except OSError as exc:
+            parent.close()
+            raise SandboxError("cannot start the zygote: %s" % exc) from None
+        finally:
+            child.close()
+        self.ctl = parent
+        self.hello_deadline = time.monotonic() + START_TIMEOUT
+
+    def take_hello(self) -> None:
+        """Read the new zygote's hello (BlockingIOError if it has not come yet on a
+        non-blocking socket); SandboxError if it died first or said something else."""
+        try:
+            msg, fds = control.recv(self.ctl, 0)
+        except BlockingIOError:
+            raise
+        except (OSError, control.ControlError) as exc:
+            LOG.error("the zygote did not answer: %s", exc)
+            msg = {}
+        if msg.get("op") != control.HELLO:
+            self._kill()
+            raise SandboxError("the zygote failed to start (exit status %s): %s"
+                               % (self.proc.returncode if self.proc else None,
+                                  self._error_output() or "no error output"))
+        self.ctl.setblocking(False)
+        self.info, self.ready, self.hello_deadline = msg, True, None
+        self.failed_attempts, self.retry_at = 0, None
+        LOG.debug("zygote %d ready (root=%s)", msg["pid"], msg["root"])
+        if msg["unreadable_paths"]:
+            LOG.warning("sandbox uids cannot read %s: actions can import from there only "
+                        "what the zygote preloaded", ", ".join(msg["unreadable_paths"]))
+
+    def _error_output(self) -> str:
+        try:
+            with open(self.scratch_dir + ".stderr", "rb") as f:
+                return f.read()[-4000:].decode("utf-8", "replace").strip()
+        except OSError:
+            return ""
+
+    def _kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def send(self, msg: dict, fds=()) -> bool:
+        """Send a message; False if the zygote is gone (noticed on its socket)."""
+        if self.ctl is None or not self.ready:
+            return False
+        try:
+            control.send(self.ctl, msg, fds)
+            return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """Close the control socket (the zygote then kills its children and exits) and
+        wait for the process."""
+        self.ready = False
+        self.hello_deadline = None
+        if self.ctl is not None:
+            self.ctl.close()
+            self.ctl = None
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            if self.proc.returncode:
+                LOG.debug("zygote exit status %s", self.proc.returncode)
+            self.proc = None
+
+    def schedule_restart(self, now: float) -> bool:
+        """Set the timer of the next restart attempt; False when none is left."""
+        if self.failed_attempts >= len(self.backoff):
+            self.retry_at = None
+            return False
+        self.retry_at = now + self.backoff[self.failed_attempts]
+        self.failed_attempts += 1
+        return True
+
+    def timeout(self, now: float) -> Optional[float]:
+        """Seconds until the restart timer or the hello deadline, if either is set."""
+        due = [t for t in (self.retry_at, self.hello_deadline) if t is not None]
+        return max(0.0, min(due) - now) if due else None
+
+    def remove_generations(self, keep_logs: bool = True) -> None:
+        """Remove the generation directories (and, unless kept, their logs) we made."""
+        for gen in range(1, self.generation + 1):
+            path = os.path.join(self.scratch_root, "g%d" % gen)
+            shutil.rmtree(path, ignore_errors=True)
+            if not keep_logs:
+                try:
+                    os.unlink(path + ".stderr")
+                except OSError:
+                    pass
