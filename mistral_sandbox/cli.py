@@ -1,7 +1,9 @@
 """The ``mistral-sandbox`` command: run, list and show actions.
 
 ``run`` exits 0 when the outcome is ``ok`` (and the action's ``Result`` is not
-an error), 1 for any other outcome, 2 for bad command-line input.
+an error), 1 for any other outcome, 2 for bad command-line input (a malformed
+parameter, limit or context, or a reference that names no action: checked before
+any sandbox starts).
 """
 
 from __future__ import annotations
@@ -110,17 +112,44 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt()
 
 
+def check_reference(ref: str) -> None:
+    """UsageError (exit 2) for a reference that names no action, before any sandbox
+    starts; the message points at ``mistral-sandbox list``."""
+    try:
+        default_catalog().resolve(ref)
+    except ActionReferenceError as exc:
+        raise UsageError("%s\n(`mistral-sandbox list` shows the installed actions)"
+                         % exc) from None
+
+
+def parse_context(text: Optional[str]) -> Optional[Dict[str, Any]]:
+    """``--context-json``: a JSON object with ``security`` and ``execution`` maps whose
+    fields are those of the API's contexts; UsageError names what is wrong."""
+    from mistral_sandbox.runner.request import context_dict
+
+    if not text:
+        return None
+    try:
+        context = json.loads(text)
+    except ValueError as exc:
+        raise UsageError("--context-json: invalid JSON: %s" % exc) from None
+    if not isinstance(context, dict):
+        raise UsageError("--context-json: expected a JSON object {\"security\": {...}, "
+                         "\"execution\": {...}}, got %s" % type(context).__name__)
+    try:
+        context_dict(context)
+    except ValueError as exc:
+        raise UsageError("--context-json: %s" % exc) from None
+    return context
+
+
 def cmd_run(args) -> int:
     from mistral_sandbox import Sandbox, SandboxError
 
+    check_reference(args.ref)
     params = parse_params(args.param or [], args.params_json)
     limits = parse_limits(args.limit or [])
-    context = None
-    if args.context_json:
-        try:
-            context = json.loads(args.context_json)
-        except ValueError as exc:
-            raise UsageError("--context-json: invalid JSON: %s" % exc) from None
+    context = parse_context(args.context_json)
     # SIGTERM behaves like Ctrl-C: kill the child, clean up, exit (130).
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
@@ -174,6 +203,8 @@ def cmd_list(args) -> int:
 
 def cmd_show(args) -> int:
     from mistral_sandbox import Sandbox, SandboxError
+
+    check_reference(args.ref)
     try:
         sandbox = Sandbox(max_workers=1, warm=0)
     except SandboxError as exc:
@@ -312,9 +343,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return args.func(args)
     except UsageError as exc:
-        sys.stderr.write("mistral-sandbox: %s\n" % exc)
-        return EXIT_USAGE
-    except ActionReferenceError as exc:
         sys.stderr.write("mistral-sandbox: %s\n" % exc)
         return EXIT_USAGE
     except KeyboardInterrupt:

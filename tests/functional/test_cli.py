@@ -56,11 +56,25 @@ def test_bad_limit_is_a_usage_error():
     assert "'lots'" in p.stderr
 
 
-def test_unknown_action():
-    p = cli("run", "std.ehco", "--json")
-    assert p.returncode == 1
-    out = json.loads(p.stdout)
-    assert out["exit_reason"] == "load_error" and "did you mean std.echo" in out["message"]
+def test_unknown_action_is_bad_input_and_points_at_list():
+    for command in (("run", "std.ehco", "--json"), ("show", "std.ehco")):
+        p = cli(*command)
+        assert p.returncode == 2, (command, p.stdout, p.stderr)
+        assert p.stdout == ""
+        assert "unknown action 'std.ehco'" in p.stderr and "did you mean std.echo" in p.stderr
+        assert "mistral-sandbox list" in p.stderr
+
+
+@pytest.mark.parametrize("context,expected", [
+    ("{not json", "--context-json: invalid JSON"),
+    ('{"secutiry": {}}', "--context-json: unknown action context field(s): secutiry"),
+    ('{"security": {"tokn": "x"}}', "--context-json: unknown security context field(s): tokn"),
+    ('["a"]', "--context-json: expected a JSON object"),
+])
+def test_bad_context_is_bad_input(context, expected):
+    p = cli("run", "std.noop", "--context-json", context)
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    assert expected in p.stderr and p.stdout == ""
 
 
 def test_list_and_show():
@@ -74,7 +88,7 @@ def test_list_and_show():
     assert p.returncode == 0, p.stderr
     assert "std.fail(error_data=None)" in p.stdout and "param error_data (default None)" in p.stdout
     p = cli("show", "nope.nope")
-    assert p.returncode == 1 and "unknown action" in p.stderr
+    assert p.returncode == 2 and "unknown action" in p.stderr
 
 
 def test_sigterm_kills_the_child_and_cleans_up():
