@@ -157,6 +157,23 @@ class Sandbox:
         return {i: ex.pid for i, ex in list(self._engine.running.items())
                 if ex.pid is not None and ex.isolation}
 
+    def status(self) -> Dict[str, Any]:
+        """A snapshot for operators and health checks: ``zygote`` ("up", "restarting",
+        "broken" or "stopped"), its ``pid``, ``restarts`` (successful), failed
+        ``restart_attempts`` since it last died, ``generations`` started, executions
+        ``queued`` and ``running``, prepared children ``idle``."""
+        client, link = self._client, self._engine.link
+        if link.broken:
+            state = "broken"
+        elif not self._thread.is_alive():
+            state = "stopped"
+        else:
+            state = "up" if client.ready else "restarting"
+        return {"zygote": state, "pid": client.info.get("pid") if client.ready else None,
+                "restarts": client.restarts, "restart_attempts": client.failed_attempts,
+                "generations": client.generation, "queued": len(self._intake),
+                "running": len(self._engine.running), "idle": len(self._pool.idle)}
+
     def warm_pids(self) -> frozenset:
         """Pids of the prepared children waiting for an execution."""
         return self._pool.pids

@@ -2,14 +2,15 @@
 and the next execution works."""
 
 import concurrent.futures
+import dataclasses
 import os
 import signal
 import time
 
 import pytest
 
-from mistral_sandbox.runner.limits import LimitError
 from mistral_sandbox import Sandbox
+from mistral_sandbox.runner.limits import DEFAULT_CEILING, LimitError
 from tests.conftest import FIXTURES
 
 
@@ -204,3 +205,15 @@ def test_double_forked_daemon_does_not_survive(sandbox, then_works):
         if os.geteuid() == 0:
             assert out.isolation["survivors_swept"] is True
     assert stray_sandbox_processes(sandbox) == []
+
+
+def test_a_result_larger_than_any_frame_is_an_output_limit(no_leaks):
+    """With no max_result_bytes, the frame size still bounds a result: above it the
+    outcome is output_limit, as for any result too large, not a runner failure."""
+    ceiling = dataclasses.replace(DEFAULT_CEILING, max_result_bytes=None)
+    with Sandbox(max_workers=1, ceiling=ceiling, max_frame=1 << 20,
+                 extra_path=[FIXTURES]) as sb:
+        out = sb.run("sample_actions:HugeResult", {"mb": 2})
+        assert out.exit_reason == "output_limit", out.message
+        assert "exceeds the maximum of 1048576 bytes" in out.message
+        assert sb.run("std.noop").ok

@@ -185,3 +185,74 @@ def test_caller_killed_leaves_nothing_behind(no_leaks):
     gone, alive = psutil.wait_procs(tree, timeout=10)
     assert alive == []
     assert not os.path.exists(root), sorted(os.walk(root))
+
+
+def test_a_cancelled_queued_execution_frees_its_place_at_once(no_leaks):
+    with Sandbox(max_workers=1, max_queue=2, extra_path=[FIXTURES]) as sb:
+        running = sb.submit("sample_actions:SleepsForever")
+        deadline = time.monotonic() + 10
+        while not busy_children(sb) and time.monotonic() < deadline:
+            concurrent.futures.wait([running], timeout=0.01)
+        queued = [sb.submit("std.noop"), sb.submit("std.noop")]
+        assert all(sb.cancel(f) for f in queued) and all(f.cancelled() for f in queued)
+        assert sb.status()["queued"] == 0
+        again = [sb.submit("std.echo", {"output": i}) for i in range(2)]  # not Overloaded
+        with pytest.raises(Overloaded):
+            sb.submit("std.noop")  # (the queue is full again)
+        assert sb.cancel(running)
+        assert [f.result(timeout=30).result.data for f in again] == [0, 1]
+
+
+def _flaky_preload(tmp_path):
+    """A preload module that breaks every zygote started once the flag file exists."""
+    flag = tmp_path / "broken"
+    (tmp_path / "flaky_preload.py").write_text(
+        "import os\nif os.path.exists(%r):\n    raise ImportError('broken on purpose')\n"
+        % str(flag))
+    return flag
+
+
+def wait_for(condition, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def test_restart_backoff_does_not_block_the_loop(no_leaks, tmp_path, monkeypatch):
+    """While a restart waits out its backoff the sandbox keeps serving its callers: a
+    queued execution can be cancelled, and shutdown returns at once instead of after
+    the remaining attempts."""
+    from mistral_sandbox.runner.zygote_client import ZygoteClient
+    monkeypatch.setattr(ZygoteClient, "backoff", (0.0, 600.0, 600.0))
+    flag = _flaky_preload(tmp_path)
+    sb = Sandbox(max_workers=1, warm=0, extra_path=[str(tmp_path)], preload=["flaky_preload"])
+    try:
+        flag.write_text("")
+        os.kill(sb.zygote_info["pid"], signal.SIGKILL)
+        # the first attempt (at once) fails; the second waits 600 s
+        assert wait_for(lambda: sb.status()["restart_attempts"] == 2)
+        assert sb.status()["zygote"] == "restarting" and sb.status()["generations"] == 2
+        queued = sb.submit("std.noop")
+        assert sb.status()["queued"] == 1
+        assert sb.cancel(queued) and queued.cancelled()
+    finally:
+        sb.shutdown(wait=True)
+    assert sb.status()["zygote"] == "stopped" and sb.status()["generations"] == 2
+
+
+def test_a_zygote_that_cannot_restart_breaks_the_sandbox(no_leaks, tmp_path, monkeypatch):
+    from mistral_sandbox.runner.zygote_client import ZygoteClient
+    monkeypatch.setattr(ZygoteClient, "backoff", (0.0, 0.0))
+    flag = _flaky_preload(tmp_path)
+    with Sandbox(max_workers=1, warm=0, extra_path=[str(tmp_path)],
+                 preload=["flaky_preload"]) as sb:
+        flag.write_text("")
+        os.kill(sb.zygote_info["pid"], signal.SIGKILL)
+        assert wait_for(lambda: sb.status()["zygote"] == "broken")
+        assert sb.status()["generations"] == 3  # the first, and two failed restarts
+        with pytest.raises(SandboxError, match="(?s)the sandbox is broken: the zygote could not "
+                                               "be restarted.*broken on purpose"):
+            sb.submit("std.noop")
