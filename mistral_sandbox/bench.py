@@ -65,7 +65,7 @@ sys.stdout.buffer.write(msgpack.packb(value, use_bin_type=True))
 # offered load, requests per second sent one at a time on a schedule: the latency of an
 # executor's actions as its rate grows towards what the machine can do
 LOAD_RATES = (100, 200, 300, 400, 500)
-# the targets of the performance work (issue 4), checked against every sandbox noop row
+# the performance targets, checked against every sandbox noop row
 TARGETS = {"p50_ms": 1.5, "p99_ms": 5.0, "p50_over_fork_floor": 3.0,
            "fresh_interpreter_over_p50": 25.0}
 ECHO = "mistral_sandbox.actions.std:EchoAction"
@@ -131,7 +131,7 @@ def process_rss(pid: int) -> int:
 def install_kind() -> str:
     """``site-packages`` for an installed package, ``source tree`` for an editable or
     in-place one: an editable install adds a finder that every fresh interpreter
-    imports at start-up (≈ 5 ms here), which flatters the fresh-interpreter ratio."""
+    imports at start-up, which flatters the fresh-interpreter ratio."""
     import mistral_sandbox
     where = os.path.abspath(mistral_sandbox.__file__)
     return "site-packages" if os.sep + "site-packages" + os.sep in where else "source tree"
@@ -236,19 +236,56 @@ def run(quick: bool = False, soak: int = 0, isolation: Optional[dict] = None,
         progress: Optional[Progress] = None, warm: Optional[int] = None) -> Dict[str, Any]:
     """All scenarios; returns the plain-data report. ``isolation``: policy overrides;
     ``warm``: the sandboxes' warm pool size (None: Sandbox's default)."""
-    from mistral_sandbox.actions.std import EchoAction, NoOpAction
-    from mistral_sandbox.api import ActionContext
     from mistral_sandbox import Sandbox
 
     progress = progress or Progress()
     n = 100 if quick else 300
-    n_b2b = 200 if quick else 2000  # back-to-back sandbox rows: a p99 from 300 is the
-    kb, mb = "x" * 1024, "x" * (1024 * 1024)  # 3rd-worst sample, too noisy to compare
+    # back-to-back sandbox rows: a p99 of 300 samples is the 3rd-worst one, too noisy
+    n_b2b = 200 if quick else 2000
     report: Dict[str, Any] = {"machine": machine_facts(), "quick": quick, "n": n,
                               "n_back_to_back": n_b2b,
                               "latency": {}, "throughput": [], "memory": {}, "scaling": {}}
+    _baselines(report["latency"], n, progress)
+    with Sandbox(max_workers=8, isolation=isolation, warm=warm) as sb:
+        report["warm_pool"] = sb.warm
+        report["native_isolation"] = sb.zygote_info.get("native_isolation", "?")
+        time.sleep(0.5)  # let the warm pool fill before measuring idle memory
+        report["memory"]["idle_supervisor_rss"] = psutil.Process().memory_info().rss
+        report["memory"]["idle_zygote_rss"] = process_rss(sb.zygote_info["pid"])
+        for _ in range(20):
+            sb.run("std.noop")
+        _sandbox_rows(sb, report, n, n_b2b, progress)
+        _throughput_rows(sb, report, 200 if quick else 1500, progress)
+        if soak:
+            report["memory"]["soak"] = _soak(sb, soak)
+    _scaling(report, quick, isolation, warm, progress)
+    progress.end()
     lat = report["latency"]
+    floor = lat["fork-floor"]["p50_ms"]
+    sandbox = lat["sandbox noop"]["p50_ms"]
+    fresh = lat["fresh-interpreter noop"]["p50_ms"]
+    report["ratios"] = {
+        "sandbox_noop_over_fork_floor_p50": sandbox / floor,
+        "fresh_interpreter_over_sandbox_p50": fresh / sandbox,
+        "sandbox_over_in_process_p50": sandbox / lat["in-process noop"]["p50_ms"],
+    }
+    report["targets"] = check_targets(report)
+    return report
 
+
+def _checked(out):
+    """A benchmark execution's outcome; RuntimeError if it failed."""
+    if not out.ok:
+        raise RuntimeError("benchmark execution failed: %s: %s" % (out.exit_reason, out.message))
+    return out
+
+
+def _baselines(lat: Dict[str, Any], n: int, progress: Progress) -> None:
+    """The fork floor, the action called in-process, and a fresh interpreter per call."""
+    from mistral_sandbox.actions.std import EchoAction, NoOpAction
+    from mistral_sandbox.api import ActionContext
+
+    kb = "x" * 1024
     lat["fork-floor"] = stats(fork_floor(n))
     ctx = ActionContext()
     lat["in-process noop"] = stats(timed(lambda: NoOpAction().run(ctx), n * 10,
@@ -262,80 +299,76 @@ def run(quick: bool = False, soak: int = 0, isolation: Optional[dict] = None,
         lambda: fresh_interpreter(ECHO, {"output": kb}), fresh_n, "fresh-interpreter 1KB",
         progress))
 
-    with Sandbox(max_workers=8, isolation=isolation, warm=warm) as sb:
-        report["warm_pool"] = sb.warm
-        report["native_isolation"] = sb.zygote_info.get("native_isolation", "?")
-        me = psutil.Process()
-        time.sleep(0.5)  # let the warm pool fill before measuring idle memory
-        zygote = sb.zygote_info["pid"]
-        report["memory"]["idle_supervisor_rss"] = me.memory_info().rss
-        report["memory"]["idle_zygote_rss"] = process_rss(zygote)
-        for _ in range(20):
-            sb.run("std.noop")
 
-        def check(out):
-            if not out.ok:
-                raise RuntimeError("benchmark execution failed: %s: %s"
-                                   % (out.exit_reason, out.message))
-            return out
-
+def _sandbox_rows(sb, report: Dict[str, Any], n: int, n_b2b: int, progress: Progress) -> None:
+    """Back to back, at each offered rate, with payloads; the children's peak RSS."""
+    lat = report["latency"]
+    kb, mb = "x" * 1024, "x" * (1024 * 1024)
+    cpu0, t0 = busy_cpu_seconds(), time.perf_counter()
+    lat["sandbox noop"] = stats(timed(lambda: _checked(sb.run("std.noop")), n_b2b,
+                                      "sandbox noop", progress))
+    lat["sandbox noop"].update(_load(n_b2b, t0, cpu0))
+    for rate in LOAD_RATES:
+        label = "sandbox noop @%d/s" % rate
         cpu0, t0 = busy_cpu_seconds(), time.perf_counter()
-        lat["sandbox noop"] = stats(timed(lambda: check(sb.run("std.noop")), n_b2b,
-                                          "sandbox noop", progress))
-        lat["sandbox noop"].update(_load(n_b2b, t0, cpu0))
-        for rate in LOAD_RATES:
-            label = "sandbox noop @%d/s" % rate
-            cpu0, t0 = busy_cpu_seconds(), time.perf_counter()
-            lat[label] = stats(paced(lambda: check(sb.run("std.noop")), n, rate, label,
-                                     progress))
-            lat[label].update(_load(n, t0, cpu0), offered_per_second=rate)
-        lat["sandbox echo 1KB"] = stats(timed(lambda: check(sb.run("std.echo", {"output": kb})),
-                                              n_b2b, "sandbox echo 1KB", progress))
-        lat["sandbox echo 1MB"] = stats(timed(lambda: check(sb.run("std.echo", {"output": mb})),
-                                              max(20, n // 3), "sandbox echo 1MB", progress))
-        child_rss = [sb.run("std.noop").usage.max_rss for _ in range(20)]
-        report["memory"]["child_max_rss_p50"] = sorted(child_rss)[10]
+        lat[label] = stats(paced(lambda: _checked(sb.run("std.noop")), n, rate, label,
+                                 progress))
+        lat[label].update(_load(n, t0, cpu0), offered_per_second=rate)
+    lat["sandbox echo 1KB"] = stats(timed(lambda: _checked(sb.run("std.echo", {"output": kb})),
+                                          n_b2b, "sandbox echo 1KB", progress))
+    lat["sandbox echo 1MB"] = stats(timed(lambda: _checked(sb.run("std.echo", {"output": mb})),
+                                          max(20, n // 3), "sandbox echo 1MB", progress))
+    child_rss = [sb.run("std.noop").usage.max_rss for _ in range(20)]
+    report["memory"]["child_max_rss_p50"] = sorted(child_rss)[10]
 
-        peak = {"rss": 0}
-        stop = threading.Event()
 
-        def sample():
-            while not stop.is_set():
-                try:
-                    total = me.memory_info().rss + process_rss(zygote)
-                except psutil.Error:
-                    total = 0
-                peak["rss"] = max(peak["rss"], total)
-                stop.wait(0.05)
+def _throughput_rows(sb, report: Dict[str, Any], total: int, progress: Progress) -> None:
+    """noop and echo 1KB with 1, 2, 4 and 8 submitters; peak RSS of supervisor + zygote."""
+    me, zygote = psutil.Process(), sb.zygote_info["pid"]
+    peak = {"rss": 0}
+    stop = threading.Event()
 
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        total = 200 if quick else 1500
-        for ref, params in (("std.noop", {}), ("std.echo", {"output": kb})):
-            for k in (1, 2, 4, 8):
-                progress.show("throughput %s, %d submitters" % (ref, k), 0, 1)
-                report["throughput"].append(throughput(sb, k, total // k, params, ref))
-        stop.set()
-        sampler.join()
-        report["memory"]["load_supervisor_plus_zygote_peak_rss"] = peak["rss"]
+    def sample():
+        while not stop.is_set():
+            try:
+                total_rss = me.memory_info().rss + process_rss(zygote)
+            except psutil.Error:
+                total_rss = 0
+            peak["rss"] = max(peak["rss"], total_rss)
+            stop.wait(0.05)
 
-        if soak:
-            before = me.memory_info().rss + process_rss(zygote)
-            fds_before = own_fds(sb)
-            throughput(sb, 4, soak // 4, {"output": kb})
-            after = me.memory_info().rss + process_rss(zygote)
-            report["memory"]["soak"] = {
-                "executions": soak // 4 * 4, "rss_before": before, "rss_after": after,
-                "growth_pct": 100.0 * (after - before) / before,
-                "fds_before": fds_before, "fds_after": own_fds(sb)}
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    for ref, params in (("std.noop", {}), ("std.echo", {"output": "x" * 1024})):
+        for k in (1, 2, 4, 8):
+            progress.show("throughput %s, %d submitters" % (ref, k), 0, 1)
+            report["throughput"].append(throughput(sb, k, total // k, params, ref))
+    stop.set()
+    sampler.join()
+    report["memory"]["load_supervisor_plus_zygote_peak_rss"] = peak["rss"]
 
-    conc = [1, 2, 4, 8, 16, 32, 64] if not quick else [1, 4, 16, 64]
+
+def _soak(sb, executions: int) -> Dict[str, Any]:
+    """RSS of supervisor + zygote and our fds before and after ``executions``."""
+    me, zygote = psutil.Process(), sb.zygote_info["pid"]
+    before = me.memory_info().rss + process_rss(zygote)
+    fds_before = own_fds(sb)
+    throughput(sb, 4, executions // 4, {"output": "x" * 1024})
+    after = me.memory_info().rss + process_rss(zygote)
+    return {"executions": executions // 4 * 4, "rss_before": before, "rss_after": after,
+            "growth_pct": 100.0 * (after - before) / before,
+            "fds_before": fds_before, "fds_after": own_fds(sb)}
+
+
+def _scaling(report: Dict[str, Any], quick: bool, isolation, warm, progress: Progress) -> None:
+    """Throughput as concurrency grows; latency as the payload grows."""
+    from mistral_sandbox import Sandbox
+
     report["scaling"]["concurrency"] = []
-    for c in conc:
+    for c in ([1, 4, 16, 64] if quick else [1, 2, 4, 8, 16, 32, 64]):
         with Sandbox(max_workers=c, isolation=isolation,
                      warm=None if warm is None else min(warm, c)) as sb:
-            per = max(4, (40 if quick else 120) // c)
-            r = throughput(sb, c, per, {"output": kb})
+            r = throughput(sb, c, max(4, (40 if quick else 120) // c), {"output": "x" * 1024})
             r["concurrency"] = c
             report["scaling"]["concurrency"].append(r)
             progress.show("scaling: concurrency %d" % c, 1, 1)
@@ -347,23 +380,10 @@ def run(quick: bool = False, soak: int = 0, isolation: Optional[dict] = None,
             reps = 10 if size >= 1024 ** 2 else 40
             if quick:
                 reps = max(5, reps // 3)
-            samples = timed(lambda: check(sb.run("std.echo", payload)), reps,
-                            "scaling: payload %d B" % size, progress)
-            r = stats(samples)
+            r = stats(timed(lambda: _checked(sb.run("std.echo", payload)), reps,
+                            "scaling: payload %d B" % size, progress))
             r["bytes"] = size
             report["scaling"]["payload"].append(r)
-    progress.end()
-
-    floor = lat["fork-floor"]["p50_ms"]
-    sandbox = lat["sandbox noop"]["p50_ms"]
-    fresh = lat["fresh-interpreter noop"]["p50_ms"]
-    report["ratios"] = {
-        "sandbox_noop_over_fork_floor_p50": sandbox / floor,
-        "fresh_interpreter_over_sandbox_p50": fresh / sandbox,
-        "sandbox_over_in_process_p50": sandbox / lat["in-process noop"]["p50_ms"],
-    }
-    report["targets"] = check_targets(report)
-    return report
 
 
 def _load(n: int, t0: float, cpu0: float) -> Dict[str, float]:

@@ -21,7 +21,7 @@ class LoadError(Exception):
 
 def _mistral_lib_action_base() -> Optional[type]:
     """mistral-lib's Action class if an action already imported it (never imports it:
-    an action derived from it has imported it, and importing costs ~80 ms)."""
+    an action derived from it has imported it, and importing it is slow)."""
     module = sys.modules.get("mistral_lib.actions")
     return getattr(module, "Action", None) if module is not None else None
 

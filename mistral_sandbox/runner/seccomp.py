@@ -96,8 +96,7 @@ def _prefer_binary_tree(lib, ctx) -> bool:
 
     Loading a filter costs the kernel an emulation of the program for every
     syscall number (the allow cache) under a spin lock, and a chain makes each
-    allowed syscall walk every check: measured per child, 93 µs with the chain,
-    63 µs with the tree."""
+    allowed syscall walk every check: the tree loads faster."""
     return lib.seccomp_attr_set(ctx, SCMP_FLTATR_CTL_OPTIMIZE, SCMP_OPTIMIZE_BINARY_TREE) == 0
 
 
