@@ -1,5 +1,6 @@
-"""The documentation stays true to the code: the generated step table is current, and
-every relative link in README.md and docs/*.md points at something that exists."""
+"""The documentation stays true to the code: the generated step table is current, every
+relative link in README.md and docs/*.md points at something that exists, and README.md
+stays short and keeps the commands a fresh machine runs."""
 
 import glob
 import importlib.util
@@ -113,3 +114,35 @@ def test_the_link_checker_sees_links():
     assert _slug("`mistral-sandbox check`") == "mistral-sandbox-check"
     assert _slug("Shared namespaces, and why they are (mostly) safe") == \
         "shared-namespaces-and-why-they-are-mostly-safe"
+
+
+# ------------------------------------------------------------------ README.md
+
+README_MAX_LINES = 160
+# what a fresh machine runs (the second is what .ci/run runs): they must stay as they are
+COMMANDS = (
+    "python3 -m venv .venv && .venv/bin/pip install . && "
+    ".venv/bin/mistral-sandbox run std.echo --param output=hello",
+    "bash scripts/test.sh",
+)
+
+
+def test_the_readme_stays_short():
+    lines = _read(README).count("\n")
+    assert lines < README_MAX_LINES, \
+        "README.md has %d lines: move the details to docs/" % lines
+
+
+def test_the_readme_keeps_the_two_commands():
+    lines = [line.strip() for line in _read(README).splitlines()]
+    for command in COMMANDS:
+        assert command in lines, "README.md lost the command %r" % command
+    with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as f:
+        assert COMMANDS[1] in f.read()
+
+
+def test_every_docs_page_is_linked_from_the_readme():
+    linked = {os.path.normpath(os.path.join(ROOT, t.partition("#")[0]))
+              for t in _links(README)}
+    missing = [os.path.relpath(p, ROOT) for p in PAGES[1:] if p not in linked]
+    assert not missing, "README.md does not link %s" % ", ".join(missing)
