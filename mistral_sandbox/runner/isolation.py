@@ -332,7 +332,10 @@ def _uid(run: _Isolating) -> None:
             return
         if os.geteuid() == 0:
             raise IsolationError("uid", "running as root but no unprivileged uid was assigned")
-        run.report.skip("uid", "not running as root: actions run as uid %d" % os.geteuid())
+        if _effective_capabilities():
+            raise IsolationError("uid", "not root, without a user namespace, and still "
+                                 "holding capabilities %#x" % _effective_capabilities())
+        run.report.ok("uid")  # an unprivileged uid (the operator's), no capability
         return
     os.setgroups([])
     os.setresgid(uid, uid, uid)
@@ -340,6 +343,14 @@ def _uid(run: _Isolating) -> None:
     if os.getuid() != uid or os.geteuid() != uid:
         raise IsolationError("uid", "still uid %d after setresuid(%d)" % (os.geteuid(), uid))
     run.report.ok("uid")
+
+
+def _effective_capabilities() -> int:
+    with open("/proc/self/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
 
 
 def _pdeathsig(run: _Isolating) -> None:

@@ -43,7 +43,8 @@ class SandboxSettings:
     """A sandbox's configuration (read-only once built).
 
     ``max_workers``: executions running at once. ``ceiling``: the operator's
-    :class:`Limits` (per-call limits can only tighten it). ``warm``: children kept
+    :class:`Limits` (per-call limits can only tighten it; a mapping of limit names to
+    values changes those fields of the default ceiling). ``warm``: children kept
     forked and isolated ahead of time (default ``min(max_workers, 4)``; 0 forks every
     child on request). ``max_queue``: executions waiting beyond which ``submit``
     raises ``Overloaded``. ``wait_exit``: deliver an outcome only once its process was
@@ -94,8 +95,9 @@ class SandboxSettings:
         _at_least(self.max_frame, 1024, "max_frame")
         if self.ceiling is None:
             put("ceiling", DEFAULT_CEILING)
-        elif not isinstance(self.ceiling, Limits):
-            put("ceiling", Limits.parse(self.ceiling))
+        elif not isinstance(self.ceiling, Limits):  # a mapping: over the default ceiling
+            put("ceiling", dataclasses.replace(DEFAULT_CEILING,
+                                               **Limits.parse(self.ceiling).to_dict()))
         if self.scratch_size is not None:
             size = parse_size(self.scratch_size, "scratch_size")
             if size < MIN_SCRATCH_SIZE:

@@ -43,23 +43,23 @@ STEPS: Tuple[Step, ...] = (
          "capability outside", native=False),
     Step("pid_ns", BEST_EFFORT, "pid namespace, the action as its pid 1: it sees only its "
          "own processes, and all of them die with it", native=False),
-    Step("net_ns", BEST_EFFORT, "network namespace (one empty one, shared): no interface but "
-         "a down loopback", native=True),
+    Step("net_ns", BEST_EFFORT, "network namespace without network: no interface but a down "
+         "loopback (the zygote's shared one as root, else its own)", native=True),
     Step("mount_ns", BEST_EFFORT, "mount namespace: the host read-only, a private /proc, "
          "only the scratch directory writable", native=True),
     Step("scratch", REQUIRED, "private scratch directory as cwd, HOME and TMPDIR (a tmpfs "
          "of scratch_size bytes, else a directory removed afterwards)", native=False),
-    Step("ipc_ns", BEST_EFFORT, "IPC namespace (one, shared; no IPC object can be made in "
-         "it): none of the host's", native=True),
-    Step("uts_ns", BEST_EFFORT, "UTS namespace (one, shared): hostname 'sandbox'",
+    Step("ipc_ns", BEST_EFFORT, "IPC namespace: none of the host's IPC objects (the "
+         "zygote's shared one, where seccomp refuses every IPC call, or its own)", native=True),
+    Step("uts_ns", BEST_EFFORT, "UTS namespace: hostname 'sandbox' (shared or its own)",
          native=True),
     Step("no_new_privs", REQUIRED, "PR_SET_NO_NEW_PRIVS: setuid binaries grant nothing",
          native=True),
     Step("seccomp", REQUIRED, "seccomp filter: ptrace, mount, bpf, kexec, keyctl, perf, "
          "unshare, setns, SysV IPC, message queues, sockets but netlink (network off)... "
          "refused", native=True),
-    Step("uid", REQUIRED, "unprivileged uid of its own (root); not root: every capability "
-         "dropped", native=True),
+    Step("uid", REQUIRED, "unprivileged uid of its own (root); not root: no capability held "
+         "(dropped in its user namespace)", native=True),
     Step("pdeathsig", REQUIRED, "SIGKILL if the zygote dies", native=True),
     Step("rlimits", REQUIRED, "kernel rlimits: address space, CPU, files, processes, file "
          "size, core (a prepared child applies the ceiling's ahead, the request's on "
