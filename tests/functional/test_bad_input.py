@@ -7,11 +7,12 @@ import os
 import signal
 import time
 
+import psutil
 import pytest
 
 from mistral_sandbox import Sandbox
 from mistral_sandbox.runner.limits import DEFAULT_CEILING, LimitError
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, sandbox_strays
 
 
 def test_unknown_action(sandbox, then_works):
@@ -192,9 +193,6 @@ def test_token_never_leaks_into_outcome_text(sandbox, then_works):
 def test_double_forked_daemon_does_not_survive(sandbox, then_works):
     """The daemon is gone when the outcome arrives (then_works' leak check also looks):
     killed with the pid namespace, or by the uid sweep without one."""
-    import os
-    import psutil
-    from tests.conftest import stray_sandbox_processes
     out = sandbox.run("sample_actions:DoubleFork")
     assert out.exit_reason == "ok"
     if "pid_ns" in out.isolation["applied"]:
@@ -204,7 +202,7 @@ def test_double_forked_daemon_does_not_survive(sandbox, then_works):
         assert not psutil.pid_exists(daemon) or psutil.Process(daemon).status() == "zombie"
         if os.geteuid() == 0:
             assert out.isolation["survivors_swept"] is True
-    assert stray_sandbox_processes(sandbox) == []
+    assert sandbox_strays(sandbox) == {}
 
 
 def test_a_result_larger_than_any_frame_is_an_output_limit(no_leaks):

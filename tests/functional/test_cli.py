@@ -2,27 +2,27 @@
 
 import json
 import os
+import pwd
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 
+import psutil
 import pytest
 
-from tests.conftest import sandbox_temp_dirs, sandbox_uid_processes
+from tests.conftest import session_tmp
+
+# each run's sandbox (its zygote, children, scratch root in TMPDIR) must be gone after it
+pytestmark = pytest.mark.usefixtures("no_leaks")
 
 
 def cli(*args, timeout=60):
     exe = shutil.which("mistral-sandbox", path=os.path.dirname(sys.executable))
     cmd = [exe] if exe else [sys.executable, "-m", "mistral_sandbox"]
     return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(autouse=True)
-def no_leaks():
-    before = sandbox_temp_dirs()
-    yield
-    assert sandbox_temp_dirs() == before
-    assert sandbox_uid_processes() == []
 
 
 def test_run_echo_human():
@@ -91,27 +91,32 @@ def test_list_and_show():
     assert p.returncode == 2 and "unknown action" in p.stderr
 
 
+def running_as_a_sandbox_uid(kids):
+    try:
+        return any(k.uids().real != 0 for k in kids)
+    except psutil.NoSuchProcess:
+        return False
+
+
 def test_sigterm_kills_the_child_and_cleans_up():
-    import signal
-    import time
     exe = shutil.which("mistral-sandbox", path=os.path.dirname(sys.executable))
     cmd = [exe] if exe else [sys.executable, "-m", "mistral_sandbox"]
     proc = subprocess.Popen(cmd + ["run", "std.sleep", "--param", "seconds=60"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    import psutil
     deadline = time.monotonic() + 30
-    # wait until the sandboxed child exists (zygote's child)
+    # wait until the execution's child exists (the zygote's child; as root, once it
+    # runs as its sandbox uid)
     while time.monotonic() < deadline:
         kids = psutil.Process(proc.pid).children(recursive=True)
-        if len(kids) >= 2:
+        if len(kids) >= 2 and (os.geteuid() != 0 or running_as_a_sandbox_uid(kids)):
             break
         time.sleep(0.02)
     assert len(kids) >= 2, "the CLI never started its child"
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, (out, err)
-    for k in kids:
-        assert not psutil.pid_exists(k.pid) or k.status() == psutil.STATUS_ZOMBIE
+    assert err == "mistral-sandbox: interrupted\n"
+    assert [k.pid for k in kids if k.is_running() and k.status() != psutil.STATUS_ZOMBIE] == []
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("runuser"),
@@ -119,9 +124,17 @@ def test_sigterm_kills_the_child_and_cleans_up():
 def test_runs_as_an_unprivileged_user():
     """Not root: a user namespace instead of a sandbox uid, every capability dropped."""
     exe = shutil.which("mistral-sandbox", path=os.path.dirname(sys.executable))
-    p = subprocess.run(["runuser", "-u", "nobody", "--", exe, "run", "std.echo", "--param",
-                        "output=hi", "--json"], capture_output=True, text=True, timeout=60,
-                       cwd="/tmp")
+    # its own temp dir (the session's is root's): whatever it leaves there is seen
+    home = tempfile.mkdtemp(prefix="nobody-", dir=session_tmp())
+    nobody = pwd.getpwnam("nobody")
+    os.chown(home, nobody.pw_uid, nobody.pw_gid)
+    try:
+        p = subprocess.run(["runuser", "-u", "nobody", "--", "env", "TMPDIR=" + home, exe,
+                            "run", "std.echo", "--param", "output=hi", "--json"],
+                           capture_output=True, text=True, timeout=60, cwd=home)
+        assert os.listdir(home) == []
+    finally:
+        shutil.rmtree(home)
     assert p.returncode == 0, p.stdout + p.stderr
     out = json.loads(p.stdout)
     assert out["result"]["data"] == "hi"

@@ -9,8 +9,8 @@ import threading
 import psutil
 import pytest
 
-from tests.conftest import (open_fds, pool_pids, sandbox_temp_dirs, sandbox_uid_processes,
-                            stray_sandbox_processes)
+from tests.conftest import (SHARED_SANDBOXES, Snapshot, gone, other_threads, pool_pids,
+                            sandbox_strays)
 
 ROOT = os.geteuid() == 0
 H = "hostile_actions:"
@@ -19,21 +19,14 @@ AUDIT = {}
 
 @pytest.fixture(scope="module", autouse=True)
 def audit_baseline(sandbox):
-    AUDIT.update(fds=open_fds(), dirs=sandbox_temp_dirs(), warm_fds=sandbox.warm_fds())
+    AUDIT["before"] = Snapshot()
     yield
 
 
 def nothing_of_it_left(sandbox, out):
     """No process of any finished execution (only the idle pool runs as sandbox uids)."""
-    assert stray_sandbox_processes(sandbox) == []
+    assert sandbox_strays(sandbox) == {}
     assert "pid_ns" in out.isolation["applied"] or out.isolation["survivors_swept"]
-
-
-def gone(pid):
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def test_fork_bomb(sandbox, then_works):
@@ -343,17 +336,16 @@ def test_well_formed_nonsense_frames(sandbox, then_works, variant):
 
 def test_zz_leak_audit_after_the_whole_suite(sandbox):
     """Runs last in this module: nothing of any attack remains."""
-    warm = pool_pids(sandbox)
-    assert [p for p in sandbox_uid_processes() if p not in warm] == []
-    assert sandbox_temp_dirs() == AUDIT["dirs"]
-    warm_fds = sandbox.warm_fds()
-    assert {fd: what for fd, what in open_fds().items() if fd not in warm_fds} == \
-        {fd: what for fd, what in AUDIT["fds"].items() if fd not in AUDIT["warm_fds"]}
-    kids = [p for p in psutil.Process(sandbox.zygote_info["pid"]).children(recursive=True)
-            if p.status() != psutil.STATUS_ZOMBIE and p.pid not in warm]
+    AUDIT["before"].assert_clean()
+    pool = pool_pids(sandbox)
+    assert sandbox_strays(sandbox) == {}
+    kids = [p.pid for p in psutil.Process(sandbox.zygote_info["pid"]).children(recursive=True)
+            if p.status() != psutil.STATUS_ZOMBIE and p.pid not in pool]
     assert kids == []
-    # only the zygote's log and the idle warm children's (empty) scratch dirs
+    # only the idle warm children's (empty) scratch dirs
     left = sorted(os.listdir(sandbox.scratch_dir))
     assert [d for d in left if not d.startswith("w")] == []
-    assert len(left) <= len(sandbox.warm_pids())
-    assert threading.active_count() >= 1
+    assert len(left) <= len(pool)
+    # no thread of any execution: only the I/O thread of each sandbox still open
+    assert other_threads() == ["mistral-sandbox-io"] * len(SHARED_SANDBOXES)
+    assert threading.current_thread() is threading.main_thread()

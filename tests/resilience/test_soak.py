@@ -13,7 +13,7 @@ import time
 import psutil
 
 from mistral_sandbox import Sandbox
-from tests.conftest import FIXTURES, open_fds, sandbox_temp_dirs, sandbox_uid_processes
+from tests.conftest import FIXTURES
 
 N = int(os.environ.get("SOAK_N", "1000"))
 SUBMITTERS = 8
@@ -50,8 +50,7 @@ def footprint(sb):
         psutil.Process(sb.zygote_info["pid"]).memory_info().rss
 
 
-def test_soak():
-    fds, dirs = open_fds(), sandbox_temp_dirs()
+def test_soak(no_leaks):
     failures = []
     counts = {"echo": 0, "attack": 0}
     lock = threading.Lock()
@@ -107,6 +106,5 @@ def test_soak():
         assert failures == []
         assert counts["echo"] + counts["attack"] == N
         assert end <= samples["warm"] * 1.10, "memory grew more than 10% after warm-up"
-    assert open_fds() == fds
-    assert sandbox_temp_dirs() == dirs
-    assert sandbox_uid_processes() == []
+    # no process, scratch root, fd or thread once the sandbox is shut down
+    assert no_leaks.leftovers() == {}
