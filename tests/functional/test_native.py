@@ -122,7 +122,6 @@ def test_a_failing_native_rlimit_is_named_as_the_python_step_names_it(tmp_path):
     """In a throwaway process, every native step for real (own namespaces joined, a
     tmpfs on a temporary view, the seccomp filter, uid 65534), then an impossible rlimit
     (soft above hard): the rlimits step fails with the limit's name and value."""
-    os.chmod(tmp_path, 0o755)
     code = r"""
 import dataclasses, json, os, resource, socket, sys
 from mistral_sandbox.runner import _native, isolation, linux, seccomp

@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 from tests.conftest import (SHARED_SANDBOXES, Snapshot, gone, other_threads, pool_pids,
-                            sandbox_strays)
+                            readable_by_sandbox_uids, sandbox_strays)
 
 ROOT = os.geteuid() == 0
 H = "hostile_actions:"
@@ -113,15 +113,15 @@ def test_inet_socket_with_network_off(sandbox, then_works):
         listener.close()
 
 
-def test_local_sockets_without_network(sandbox, then_works, tmp_path):
+def test_local_sockets_without_network(sandbox, then_works, shared_tmp_path):
     """Without network an action cannot reach a host daemon's unix socket (even a
-    world-writable one), bind an abstract name (its network namespace is shared with
-    other children), or open vsock/packet sockets; socketpair still works."""
-    os.chmod(tmp_path, 0o755)
-    path = str(tmp_path / "daemon.sock")
+    world-writable one it can reach), bind an abstract name (its network namespace is
+    shared with other children), or open vsock/packet sockets; socketpair still works."""
+    readable_by_sandbox_uids(shared_tmp_path, 0o755)
+    path = os.path.join(shared_tmp_path, "daemon.sock")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
-    os.chmod(path, 0o777)
+    readable_by_sandbox_uids(path, 0o777)
     listener.listen(1)
     listener.settimeout(0)
     try:
@@ -156,17 +156,20 @@ def test_ipc_objects_and_the_hostname_are_out_of_reach(sandbox, then_works):
             assert b.result.data["ns"][name] == data["ns"][name], name
 
 
-def test_writing_outside_the_scratch_directory(sandbox, then_works, tmp_path):
-    os.chmod(tmp_path, 0o777)
-    targets = ["/tmp/ms-hostile", "/dev/shm/ms-hostile", str(tmp_path / "x"),
+def test_writing_outside_the_scratch_directory(sandbox, then_works, shared_tmp_path):
+    """Everything but its scratch directory is read-only for an action: even a
+    world-writable directory it can reach (so the file system view stops it, not the
+    directory's permissions)."""
+    readable_by_sandbox_uids(shared_tmp_path, 0o777)
+    targets = ["/tmp/ms-hostile", "/dev/shm/ms-hostile", os.path.join(shared_tmp_path, "x"),
                os.path.join(sandbox.scratch_root, "x"), "/etc/ms-hostile"]
     out = sandbox.run(H + "WritesOutside", {"paths": targets})
-    assert out.exit_reason == "ok"
+    assert out.exit_reason == "ok", out.message
+    assert "mount_ns" in out.isolation["applied"]
     data = out.result.data
-    assert data.pop("scratch").startswith("ok:")
-    for path, verdict in data.items():
-        assert verdict.startswith("denied:"), (path, verdict)
-        assert not os.path.exists(path)
+    assert data.pop("scratch") == "ok:%r" % os.path.join(sandbox.scratch_dir, "mine.txt")
+    assert data == {path: "denied:EROFS" for path in targets}
+    assert [p for p in targets if os.path.exists(p)] == []
 
 
 def test_reading_another_executions_scratch(sandbox, then_works):
