@@ -4,13 +4,16 @@ that the attack failed, that nothing of it survived, and that the next execution
 
 import os
 import socket
+import subprocess
+import sys
 import threading
 
 import psutil
 import pytest
 
-from tests.conftest import (SHARED_SANDBOXES, Snapshot, gone, other_threads, pool_pids,
-                            readable_by_sandbox_uids, sandbox_strays)
+from mistral_sandbox import Sandbox
+from tests.conftest import (FIXTURES, SHARED_SANDBOXES, Snapshot, gone, other_threads,
+                            pool_pids, readable_by_sandbox_uids, sandbox_strays)
 
 ROOT = os.geteuid() == 0
 H = "hostile_actions:"
@@ -74,19 +77,58 @@ def test_setsid_and_setpgid_escapes(sandbox, then_works):
     nothing_of_it_left(sandbox, out)
 
 
-def test_reading_parent_and_init_proc_files(sandbox, then_works):
-    os.environ["MS_HOSTILE_CANARY"] = "canary-5b1f0c"
+CANARY = "canary-5b1f0c"
+
+
+@pytest.fixture
+def canary_process():
+    """A root process with a secret in its environment (where /proc/<pid>/environ shows
+    it: the environment it was started with); its pid."""
+    proc = subprocess.Popen([sys.executable, "-c", "print(flush=True); input()"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            env={"MS_HOSTILE_CANARY": CANARY})
     try:
-        # (pid 1 is not listed: in its own pid namespace the action itself is pid 1)
-        pids = [os.getpid(), sandbox.zygote_info["pid"]]
-        out = sandbox.run(H + "ReadsProc", {"pids": pids})
+        proc.stdout.readline()  # (running: its environment is in place)
+        with open("/proc/%d/environ" % proc.pid, "rb") as f:  # (what an attacker wants)
+            assert CANARY.encode() in f.read()
+        yield proc.pid
     finally:
-        del os.environ["MS_HOSTILE_CANARY"]
-    assert out.exit_reason == "ok"
-    for key, verdict in out.result.data.items():
-        if key.endswith(("/environ", "/mem", "/maps")):
-            assert verdict.startswith("denied:"), (key, verdict)
-    assert "canary-5b1f0c" not in str(out.result.data)
+        proc.stdin.close()
+        proc.stdout.close()
+        proc.wait()
+
+
+def test_host_processes_are_not_visible_in_its_pid_namespace(sandbox, then_works,
+                                                             canary_process):
+    """In its own pid namespace (and /proc) an action finds no host process to read:
+    not the supervisor, the zygote, or any other."""
+    pids = [os.getpid(), sandbox.zygote_info["pid"], canary_process]
+    out = sandbox.run(H + "ReadsProc", {"pids": pids})
+    assert out.exit_reason == "ok", out.message
+    assert "pid_ns" in out.isolation["applied"]
+    assert out.result.data.pop("visible") == [1]  # itself, as its namespace's init
+    assert out.result.data == {"%d/%s" % (pid, what): "denied:ENOENT"
+                               for pid in pids for what in ("environ", "mem", "cmdline", "maps")}
+
+
+def test_reading_host_proc_files_without_a_pid_namespace(no_leaks, canary_process):
+    """Without the pid namespace host processes are visible (their cmdline can be read),
+    but their environment and memory cannot: the permission layer refuses an
+    unprivileged uid what ptrace would allow."""
+    with Sandbox(max_workers=1, warm=0, extra_path=[FIXTURES],
+                 isolation={"pid_ns": "off"}) as sb:
+        pids = [os.getpid(), sb.zygote_info["pid"], canary_process, 1]
+        out = sb.run(H + "ReadsProc", {"pids": pids})
+    assert out.exit_reason == "ok", out.message
+    assert "pid_ns" not in out.isolation["applied"]
+    data = out.result.data
+    assert set(pids) <= set(data.pop("visible"))
+    for pid in pids:
+        assert data.pop("%d/cmdline" % pid).startswith("ok:"), pid  # visible, readable
+        for what in ("environ", "mem", "maps"):
+            assert data.pop("%d/%s" % (pid, what)) == "denied:EACCES", (pid, what)
+    assert data == {}
+    assert CANARY not in repr(out.to_dict()) + out.stdout + out.stderr
 
 
 def test_ptrace_and_process_vm_readv_on_the_parent(sandbox, then_works):
