@@ -166,4 +166,5 @@ def test_a_child_killed_after_it_started_is_not_run_again(sandbox, then_works):
     (pid,) = sandbox.started_pids().values()
     os.kill(pid, signal.SIGKILL)
     out = fut.result(timeout=30)
-    assert out.exit_reason == "killed"
+    assert out.exit_reason == "killed" and out.signal == 9
+    assert out.message == "the action's process was killed by SIGKILL"

@@ -54,7 +54,7 @@ def test_malformed_policy_is_refused_precisely():
         make_policy({"seccmp": "off"})
     with pytest.raises(PolicyError, match="level must be required, best_effort or off"):
         make_policy({"seccomp": "maybe"})
-    with pytest.raises(PolicyError):
+    with pytest.raises(PolicyError, match="unknown isolation step 'net'"):
         Sandbox(isolation={"net": "off"})
 
 

@@ -12,8 +12,9 @@ import psutil
 import pytest
 
 from mistral_sandbox import Sandbox
-from tests.conftest import (FIXTURES, SHARED_SANDBOXES, Snapshot, gone, other_threads,
-                            pool_pids, readable_by_sandbox_uids, sandbox_strays)
+from tests.conftest import (FIXTURES, SHARED_SANDBOXES, Snapshot, claimed_uids, gone,
+                            other_threads, pool_pids, readable_by_sandbox_uids,
+                            sandbox_strays)
 
 ROOT = os.geteuid() == 0
 H = "hostile_actions:"
@@ -33,41 +34,36 @@ def nothing_of_it_left(sandbox, out):
 
 
 def test_fork_bomb(sandbox, then_works):
+    """fork() fails at the process limit (which counts the action itself: its uid is its
+    own), and none of the children survive the execution."""
     out = sandbox.run("sample_actions:ForkBomb", {"n": 5000}, limits={"procs": 32})
-    assert out.exit_reason == "ok"
+    assert out.exit_reason == "ok", out.message
     if ROOT:
-        assert out.result.data < 32
+        assert out.result.data == 31
     nothing_of_it_left(sandbox, out)
 
 
 def test_thread_bomb_counts_against_the_process_limit(sandbox, then_works):
     out = sandbox.run(H + "ThreadBomb", limits={"procs": 16})
-    assert out.exit_reason == "ok"
+    assert out.exit_reason == "ok", out.message
     if ROOT:
-        assert out.result.data < 16
+        assert out.result.data == 15  # (the main thread is the 16th)
 
 
 def test_memory_bomb(sandbox, then_works):
     out = sandbox.run("sample_actions:GrowsMemory", limits={"memory": "256MiB"})
     assert out.exit_reason == "memory_limit"
+    assert out.message == "MemoryError: the action exceeded its memory limit"
     assert out.usage.max_rss <= 256 * 2 ** 20
 
 
-def test_cpu_spin(sandbox, then_works):
-    out = sandbox.run("sample_actions:SpinsCPU", limits={"cpu": "1s"})
-    assert out.exit_reason == "cpu_limit"
-
-
 def test_sigterm_ignoring_loop(sandbox, then_works):
-    out = sandbox.run(H + "IgnoresSigterm", limits={"timeout": "500ms"})
-    assert out.exit_reason == "timeout"
-    assert out.usage.wall < 5
-
-
-def test_double_fork_daemon(sandbox, then_works):
-    out = sandbox.run("sample_actions:DoubleFork")
-    assert out.exit_reason == "ok"
-    nothing_of_it_left(sandbox, out)
+    """Past its wall time the action is killed with SIGKILL, whatever it does with
+    SIGTERM (a runner that only sent SIGTERM would never resolve the future)."""
+    fut = sandbox.submit(H + "IgnoresSigterm", limits={"timeout": "500ms"})
+    out = fut.result(timeout=60)
+    assert out.exit_reason == "timeout" and out.signal == 9
+    assert out.message == "the action exceeded its wall-time limit of 0.5s"
 
 
 def test_setsid_and_setpgid_escapes(sandbox, then_works):
@@ -237,78 +233,57 @@ def test_inherited_fd_probing(sandbox, then_works):
     assert out.result.data == [0, 1, 2, 3]
 
 
-def test_huge_stdout(sandbox, then_works):
-    out = sandbox.run("sample_actions:PrintsHuge", {"mb": 200})
-    assert out.exit_reason == "output_limit"
-
-
 def test_huge_stderr(sandbox, then_works):
     out = sandbox.run(H + "FloodsStderr")
-    assert out.exit_reason == "output_limit"
+    assert out.exit_reason == "output_limit" and out.signal == 9
+    assert out.message == "the action wrote more than 1048576 bytes to stdout/stderr"
     assert out.stderr_bytes > 2 ** 20 and len(out.stderr) <= 64 * 1024
-
-
-def test_huge_result(sandbox, then_works):
-    out = sandbox.run("sample_actions:HugeResult", {"mb": 32})
-    assert out.exit_reason == "output_limit"
 
 
 def test_unserializable_result(sandbox, then_works):
     out = sandbox.run("sample_actions:ReturnsObject")
     assert out.exit_reason == "action_error"
-    assert "result['when'] is a builtins.object" in out.message
+    assert out.message.startswith("the action returned a value that cannot be serialized: "
+                                  "result['when'] is a builtins.object, which is not "
+                                  "serializable")
 
 
 def test_deep_recursion(sandbox, then_works):
     out = sandbox.run("sample_actions:Recurses")
-    assert out.exit_reason == "action_error" and "RecursionError" in out.message
+    assert out.exit_reason == "action_error"
+    assert out.message == "RecursionError: maximum recursion depth exceeded"
 
 
 def test_interpreter_crash(sandbox, then_works):
     out = sandbox.run(H + "Segfaults")
     assert out.exit_reason == "killed"
-    assert out.signal == 11 and "SIGSEGV" in out.message
-
-
-def test_garbage_frame(sandbox, then_works):
-    assert sandbox.run("sample_actions:WritesGarbage").exit_reason == "protocol_error"
-
-
-def test_oversize_frame(sandbox, then_works):
-    assert sandbox.run("sample_actions:WritesOversizeHeader").exit_reason == "protocol_error"
-
-
-def test_closing_the_pipe_early(sandbox, then_works):
-    assert sandbox.run("sample_actions:ClosesPipe").exit_reason == "protocol_error"
-
-
-def test_sleep_past_the_wall_limit(sandbox, then_works):
-    out = sandbox.run(H + "SleepsPastWall", limits={"timeout": "300ms"})
-    assert out.exit_reason == "timeout"
+    assert out.signal == 11 and out.message == "the action's process was killed by SIGSEGV"
 
 
 def test_signalling_the_zygote_and_init(sandbox, then_works):
     zpid = sandbox.zygote_info["pid"]
     out = sandbox.run(H + "SignalsZygote")
-    assert out.exit_reason == "ok"
+    assert out.exit_reason == "ok", out.message
     if "pid_ns" in out.isolation["applied"]:
         # the zygote is outside its namespace: no pid to name it by (its parent is
-        # "0", so the kill hits its own group: itself, the namespace's init, immune)
-        assert out.result.data["ppid"] == 0
+        # "0", so kill(0) hits its own group: itself, the namespace's init, immune to
+        # a signal from inside; and pid 1 is itself too)
+        assert out.result.data == {"ppid": 0, "kill_parent": "ok:None", "kill_init": "ok:None"}
     else:
         assert out.result.data["kill_parent"] == "denied:EPERM"
-        assert out.result.data["kill_init"].startswith("denied:")
-    assert psutil.pid_exists(zpid) and not gone(zpid)
+        assert out.result.data["kill_init"] == "denied:EPERM"
+    assert not gone(zpid)
 
 
 def test_kill_minus_one_hits_only_itself(sandbox, then_works):
     zpid = sandbox.zygote_info["pid"]
     bystander = sandbox.submit("std.sleep", {"seconds": 1})
     out = sandbox.run(H + "KillsEveryone")
-    # kill(-1) reaches only processes of the execution's own uid (in its own pid
-    # namespace: nobody, ESRCH), never the caller
-    assert out.exit_reason == "ok" and out.result.data == "survived" or \
-        out.exit_reason == "action_error" and "ProcessLookupError" in out.message
+    # kill(-1) reaches only processes of the execution's own uid: in its own pid
+    # namespace there is nobody else at all (ESRCH); never the caller or a bystander
+    assert "pid_ns" in out.isolation["applied"]
+    assert out.exit_reason == "action_error"
+    assert out.message == "ProcessLookupError: [Errno 3] No such process"
     assert bystander.result(timeout=30).exit_reason == "ok"
     assert not gone(zpid)
 
@@ -327,8 +302,8 @@ def test_namespace_and_privilege_escapes(sandbox, then_works):
 def test_setuid_binary_gives_no_privilege(sandbox, then_works):
     out = sandbox.run(H + "ExecsSetuidBinary", limits={"timeout": "20s"})
     assert out.exit_reason == "ok", out.message + out.stderr
-    if ROOT:
-        assert out.result.data["euid_in_child"] != "0"
+    if ROOT:  # still its own sandbox uid after running a setuid-root binary
+        assert int(out.result.data["euid_in_child"]) in claimed_uids(sandbox)
 
 
 def test_host_secrets_unreadable(sandbox, then_works):
@@ -348,17 +323,8 @@ def test_filling_the_disk_hits_the_file_size_limit(sandbox, then_works):
 def test_opening_many_files_hits_the_fd_limit(sandbox, then_works):
     out = sandbox.run(H + "OpensManyFiles", limits={"files": 64})
     assert out.exit_reason == "ok"
-    assert out.result.data["error"] == "EMFILE" and out.result.data["opened"] <= 64
-
-
-def test_token_leak_through_exception(sandbox, then_works, caplog):
-    token = "gAAAAAB-hostile-token-" + "z9" * 20
-    with caplog.at_level("DEBUG"):
-        out = sandbox.run("sample_actions:LeaksToken",
-                          context={"security": {"auth_token": token}})
-    assert out.exit_reason == "action_error"
-    assert token not in str(out.to_dict()) + repr(out)
-    assert token not in caplog.text
+    # (it starts with 4 open: stdio and its channel, see test_inherited_fd_probing)
+    assert out.result.data == {"error": "EMFILE", "opened": 64 - 4}
 
 
 def test_concurrent_attacks_do_not_disturb_honest_work(sandbox, clean):
@@ -371,12 +337,21 @@ def test_concurrent_attacks_do_not_disturb_honest_work(sandbox, clean):
     assert all(f.result(timeout=60).exit_reason != "sandbox_error" for f in attacks)
 
 
-@pytest.mark.parametrize("variant", ["unhashable_type", "other_id", "not_a_map"])
-def test_well_formed_nonsense_frames(sandbox, then_works, variant):
-    out = sandbox.run(H + "WritesWellFormedNonsense", {"variant": variant})
+@pytest.mark.parametrize("variant,message", [
+    ("unhashable_type", "unknown message type []"),
+    ("other_id", "message for execution 999999 on the channel of %d"),
+    ("not_a_map", "message is a list, not a map"),
+])
+def test_well_formed_nonsense_frames(sandbox, then_works, variant, message):
+    """Valid msgpack of a hostile shape ends the execution at once as a protocol error
+    (the action then sleeps for an hour: a runner that waited for it would not resolve
+    the future within the bound)."""
+    fut = sandbox.submit(H + "WritesWellFormedNonsense", {"variant": variant})
+    out = fut.result(timeout=60)
     assert out.exit_reason == "protocol_error", out.message
+    assert out.message == "the child broke the protocol: " + (
+        message % out.execution_id if "%d" in message else message)
     assert out.result is None
-    assert out.usage.wall < 5
 
 
 def test_zz_leak_audit_after_the_whole_suite(sandbox):

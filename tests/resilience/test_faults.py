@@ -110,7 +110,8 @@ def test_sigstopped_child_past_its_wall_limit(no_leaks):
         for child in busy_children(sb):
             child.send_signal(signal.SIGSTOP)
         out = fut.result(timeout=30)
-        assert out.exit_reason == "timeout"
+        assert out.exit_reason == "timeout" and out.signal == 9  # SIGKILL ends a stopped one
+        assert out.message == "the action exceeded its wall-time limit of 1s"
         assert sb.run("std.noop").ok
 
 
