@@ -20,99 +20,328 @@ signature and docstring, without instantiating it).
 
 from __future__ import annotations
 
+import logging
 import os
+import resource
 import socket
 import sys
+import traceback
+import warnings
 from typing import Any, Dict, Optional
 
-from mistral_sandbox.runner import isolation, protocol, runtime
+from mistral_sandbox.actions import loader
+from mistral_sandbox.api import base as api_base
+from mistral_sandbox.api import security
+from mistral_sandbox.api.context import ActionContext, ExecutionContext, SecurityContext
+from mistral_sandbox.api.exceptions import ActionException
+from mistral_sandbox.runner import isolation, protocol
 from mistral_sandbox.runner.child_config import CHANNEL_FD, ChildConfig, ChildSpec
 
 EXIT_OK = 0
 EXIT_CHANNEL_LOST = 125
 
 
-class _Child:
-    """This process's own state once forked (nothing of it exists in the zygote)."""
+# ---------------------------------------------------------------- the runtime
+# What runs the action (set up once in the zygote: install_runtime, warm_up_code). It
+# lives in this module, next to the bootstrap, on purpose: a child touches these
+# functions on its way to the action, and every page of them is a copy-on-write fault;
+# kept together they share pages.
 
-    __slots__ = ("config", "spec", "report", "applied_limits", "stdio_closed")
+MAX_LOG_MSG = 8192
+MAX_TEXT = 64 * 1024      # bytes of an error message or traceback sent to the parent
+TRACEBACK_FRAMES = 100    # most recent frames kept in a traceback
 
-    def __init__(self, config: ChildConfig, spec: ChildSpec):
-        self.config = config
-        self.spec = spec
-        self.report = isolation.Report(spec.exec_id is None)  # (prepared ahead)
-        self.applied_limits: Optional[Any] = None  # limits whose rlimits are in force
-        self.stdio_closed = False
 
-    def apply_limits(self, limits, plan=None) -> Optional[isolation.IsolationError]:
-        """The rlimits step for ``limits``, unless exactly these are in force already."""
-        if self.applied_limits is not None and self.applied_limits == limits:
-            return None
+def bounded(text: str, limit: int = MAX_TEXT, tail: bool = False) -> str:
+    if len(text) <= limit:
+        return text
+    cut = len(text) - limit
+    if tail:
+        return "[%d characters cut]...%s" % (cut, text[-limit:])
+    return "%s...[%d characters cut]" % (text[:limit], cut)
+
+
+def usage() -> Dict[str, Any]:
+    """This process's own resource use, and that of the children it waited for."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"cpu_user": own.ru_utime + kids.ru_utime, "cpu_sys": own.ru_stime + kids.ru_stime,
+            "max_rss": max(own.ru_maxrss, kids.ru_maxrss) * 1024}
+
+
+class Channel:
+    """Blocking frame writer on the child's channel; remembers whether it broke."""
+
+    def __init__(self, sock, exec_id: Optional[int]):
+        self.sock = sock
+        self.exec_id = exec_id
+        self.broken = False
+
+    def send_raw(self, frame: bytes) -> bool:
+        if self.broken:
+            return False
         try:
-            isolation.apply_step(self.report, self.config.policy, "rlimits",
-                                 isolation.apply_rlimits, self.report, limits, plan)
-        except isolation.IsolationError as exc:
-            return exc
-        self.applied_limits = limits
-        return None
+            self.sock.sendall(frame)
+            return True
+        except OSError:
+            self.broken = True
+            return False
 
-    def close_stdio(self) -> None:
-        """Flush and close stdout and stderr, as soon as the action has returned and
-        before the final reply: the parent then has their EOFs with the reply."""
-        if self.stdio_closed:
-            return
-        self.stdio_closed = True
-        for stream in (sys.stdout, sys.stderr):
+    def send(self, msg: Dict[str, Any]) -> bool:
+        return self.send_raw(protocol.encode(msg))
+
+    def error(self, kind: str, message: str, exc: Optional[BaseException] = None) -> bool:
+        """Send an error frame; never raises (bounded texts, a minimal frame as fallback)."""
+        msg = {"type": "error", "id": self.exec_id, "kind": kind,
+               "message": bounded(message), "usage": usage()}
+        try:
+            if exc is not None:
+                msg["exc_type"] = "%s.%s" % (type(exc).__module__, type(exc).__qualname__)
+                msg["traceback"] = bounded("".join(traceback.format_exception(
+                    type(exc), exc, exc.__traceback__, limit=-TRACEBACK_FRAMES)), tail=True)
+            return self.send(msg)
+        except BaseException:
+            msg.pop("traceback", None)
             try:
-                stream.flush()
+                msg["message"] = bounded(msg["message"], 1024)
+                return self.send(msg)
             except BaseException:
-                pass
-        for fd in (1, 2):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+                return self.send_raw(protocol.encode({
+                    "type": "error", "id": self.exec_id, "kind": kind,
+                    "message": "the action failed and its error could not be encoded"}))
 
+
+class _Sink:
+    """A channel that sends nowhere (for the rehearsal)."""
+
+    exec_id = 0
+    broken = False
+
+    def send(self, msg: Dict[str, Any]) -> bool:
+        return True
+
+
+class LogForwarder(logging.Handler):
+    """Sends the action's log records to the parent as ``log`` frames over
+    :attr:`channel` (set by the child once it has one; None: records are dropped)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.channel: Optional[Channel] = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        channel = self.channel
+        if channel is None:
+            return
+        try:
+            text = self.format(record)[:MAX_LOG_MSG]
+            channel.send({"type": "log", "level": int(record.levelno), "msg": text,
+                          "logger": record.name})
+        except Exception:  # logging must never break the action
+            pass
+
+
+LOG_FORWARDER = LogForwarder()
+
+
+def install_runtime(preloaded=()) -> None:
+    """What every action finds set up; done once, in the zygote, before any fork.
+
+    Log records (and warnings, shown once per place) go to the child's channel.
+    ``is_legacy`` is computed for the action classes of the ``preloaded`` modules, so a
+    child need not inspect their signatures (each first touch of a shared page costs a
+    child a copy-on-write fault).
+    """
+    root = logging.getLogger()
+    root.handlers[:] = [LOG_FORWARDER]
+    root.setLevel(logging.INFO)
+    logging.captureWarnings(True)
+    warnings.simplefilter("default")
+    for name in preloaded:
+        module = sys.modules.get(name)
+        for obj in list(vars(module).values()) if module is not None else ():
+            if isinstance(obj, type) and callable(getattr(obj, "run", None)):
+                try:
+                    api_base.is_legacy(obj)
+                except Exception:  # not our business here; the loader will tell
+                    pass
+
+
+class LoadFailure(Exception):
+    """The action could not be loaded; the message says why (``load_error``)."""
+
+
+class ActionFailure(Exception):
+    """The action raised; ``__cause__`` is what it raised (``action_error``)."""
+
+
+def _unwrap_result(value: Any) -> Dict[str, Any]:
+    """Plain data, or a Result from us or mistral-lib -> {data, error, cancel}."""
+    if all(hasattr(value, f) for f in ("data", "error", "cancel")) and \
+            type(value).__name__ == "Result":
+        return {"data": value.data, "error": value.error, "cancel": bool(value.cancel)}
+    return {"data": value, "error": None, "cancel": False}
+
+
+def run_action(request: Dict[str, Any], channel: Any, unreadable_paths=()) -> Dict[str, Any]:
+    """Load and call the requested action; its ``result`` reply (without usage).
+    Raises :class:`LoadFailure` or :class:`ActionFailure`."""
+    action_spec = request["action"]
+    name = action_spec.get("name") or action_spec.get("target")
+    mode = request.get("mode", "run")
+    try:
+        cls = loader.check_action_class(loader.import_target(action_spec["target"]), name)
+        if mode == "describe":
+            return {"type": "result", "id": channel.exec_id, "data": loader.describe(cls, name),
+                    "sync": True}
+        action = loader.instantiate(cls, request.get("params") or {}, name)
+        context = ActionContext.from_dict(request.get("context"))
+        action_context = loader.make_context(action, context)
+    except loader.LoadError as exc:
+        raise LoadFailure(str(exc) + _import_hint(str(exc), unreadable_paths)) from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise LoadFailure("malformed request for %s: %s" % (name, exc)) from None
+    try:
+        with security.bind(context.security):
+            is_sync = getattr(action, "is_sync", None)  # duck-typed actions may lack it
+            sync = bool(is_sync()) if callable(is_sync) else True
+            value = api_base.call_run(action, action_context,
+                                      "test" if mode == "test" else "run")
+    except BaseException as exc:
+        raise ActionFailure() from exc
+    reply = {"type": "result", "id": channel.exec_id, "sync": sync}
+    reply.update(_unwrap_result(value) if sync or mode == "test" else
+                 {"data": None, "error": None, "cancel": False})
+    return reply
+
+
+def _import_hint(error: str, unreadable_paths) -> str:
+    if "ModuleNotFoundError" not in error or not unreadable_paths:
+        return ""
+    return ("; note: the sandbox uid cannot read %s, so only modules the zygote preloaded "
+            "are importable from there (make the path world-readable or preload the module)"
+            % ", ".join(unreadable_paths))
+
+
+def encode_reply(reply: Dict[str, Any], max_frame: int) -> bytes:
+    """The reply's frame; SerializationError names what cannot be carried,
+    ProtocolError says it exceeds ``max_frame``."""
+    for field in ("data", "error"):
+        if not protocol.depth_ok(reply.get(field)):
+            raise protocol.SerializationError("result is nested deeper than %d levels"
+                                              % protocol.MAX_DEPTH)
+    try:
+        return protocol.encode(reply, max_frame)
+    except protocol.SerializationError as exc:
+        problem = protocol.find_unserializable(reply.get("data"), "result") or \
+            protocol.find_unserializable(reply.get("error"), "result error") or str(exc)
+        raise protocol.SerializationError(problem) from None
+
+
+def action_error_message(cause: BaseException) -> str:
+    if isinstance(cause, ActionException):
+        return "%s" % cause
+    return "%s: %s" % (type(cause).__name__, cause)
+
+
+# what a request's context looks like (every field set, as the supervisor sends it)
+_REHEARSAL_CONTEXT = ActionContext(
+    SecurityContext(auth_token="rehearsal", user_id="u", project_id="p"),
+    ExecutionContext(action_execution_id="00000000-0000-0000-0000-000000000000")).to_dict()
+
+
+def rehearse(ceiling, isolation_report: Dict[str, Any]) -> None:
+    """One request's path through the runtime, on std.noop, with nothing sent; never
+    raises (an optimisation must not fail anything) and leaves nothing an execution
+    could see. Done in the zygote (:func:`warm_up_code`) and by each prepared child
+    while it waits, so the real request finds its pages already copied."""
+    try:
+        frame = protocol.encode({"type": "run", "id": 0, "action": {
+            "name": "std.noop", "target": "mistral_sandbox.actions.std:NoOpAction"},
+            "params": {}, "context": _REHEARSAL_CONTEXT, "limits": dict(ceiling),
+            "mode": "run"})
+        request = protocol.validate(protocol.unpackb(frame[protocol.HEADER.size:]),
+                                    frozenset({"run"}))
+        protocol.encode({"type": "ready", "id": 0, "isolation": isolation_report})
+        reply = run_action(request, _Sink())
+        reply["usage"] = usage()
+        encode_reply(reply, protocol.DEFAULT_MAX_FRAME)
+    except Exception:
+        pass
+
+
+def warm_up_code(ceiling, rounds: int = 16) -> None:
+    """Rehearse ``rounds`` times in the zygote, before any fork: CPython 3.11 rewrites
+    ("quickens") a function's bytecode in place after its first calls, and each such
+    write in a child would be a copy-on-write fault."""
+    for _ in range(rounds):
+        rehearse(ceiling, {"applied": [], "skipped": [], "cost_us": {}})
+
+
+# ---------------------------------------------------------------- the bootstrap
 
 def main(config: ChildConfig, spec: ChildSpec, pid_ns: Optional[str]) -> None:
     """A child's whole life; never returns. ``pid_ns``: "" if forked as pid 1 of a new
-    pid namespace, else why not (None: not attempted)."""
+    pid namespace, else why not (None: not attempted).
+
+    (Plain functions and local state, no object of our own: in a child every object
+    made or touched costs copy-on-write faults.)"""
     code = EXIT_CHANNEL_LOST
     try:
-        child = _Child(config, spec)
-        error = isolation.prepare(child.report, config, spec, pid_ns)
-        if error is None and spec.exec_id is None and config.ceiling:  # prepared ahead
-            if "rlimits" in child.report.applied:  # (natively, with the other steps)
-                child.applied_limits = config.ceiling
-            else:
-                error = child.apply_limits(config.ceiling, config.ceiling_plan)
-        code = _serve(child, error)
+        report = isolation.Report(spec.exec_id is None)  # (prepared ahead)
+        error = isolation.prepare(report, config, spec, pid_ns)
+        in_force = None  # the limits whose rlimits are applied
+        if error is None and spec.exec_id is None and config.ceiling:
+            in_force = config.ceiling
+            if "rlimits" not in report.applied:  # (natively it is, with the other steps)
+                error = _apply_limits(report, config, config.ceiling, config.ceiling_plan)
+        code = _serve(config, spec, report, error, in_force)
     finally:
-        _exit(code)
+        # nothing is flushed here: once the action has run, its output was flushed before
+        # the reply, and no code the action could have replaced runs after the reply
+        os._exit(code)
 
 
-def _exit(code: int) -> None:
+def _apply_limits(report: isolation.Report, config: ChildConfig, limits,
+                  plan=None) -> Optional[isolation.IsolationError]:
+    """The rlimits step for ``limits``; its error, or None."""
     try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except BaseException:
-        pass
-    os._exit(code)
+        isolation.apply_step(report, config.policy, "rlimits", isolation.apply_rlimits,
+                             report, limits, plan)
+    except isolation.IsolationError as exc:
+        return exc
+    return None
 
 
-def _serve(child: _Child, error: Optional[isolation.IsolationError]) -> int:
+def _close_stdio() -> None:
+    """Flush and close stdout and stderr before the final reply, so the parent has their
+    EOFs with it. (The flush may run an object the action put in sys.stdout: it runs
+    before the reply, under the execution's wall time.)"""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            pass
+    for fd in (1, 2):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _serve(config: ChildConfig, spec: ChildSpec, report: isolation.Report,
+           error: Optional[isolation.IsolationError], in_force) -> int:
     """Channel on fd 3: read the request, apply its limits, run, reply; the exit code."""
-    spec = child.spec
-    if "fds" not in child.report.applied:  # fd 3 is not our channel: nothing to talk to
+    if "fds" not in report.applied:  # fd 3 is not our channel: nothing to talk to
         _stderr_note("mistral-sandbox child: %s" % error)
         return EXIT_CHANNEL_LOST
     sock = socket.socket(fileno=CHANNEL_FD)
-    channel = runtime.Channel(sock, spec.exec_id)
-    runtime.LOG_FORWARDER.channel = channel
-    if spec.exec_id is None:  # prepared ahead: waits, so rehearse first
-        runtime.rehearse(child.config.ceiling, child.report.to_dict())
+    channel = Channel(sock, spec.exec_id)
+    LOG_FORWARDER.channel = channel
+    if spec.exec_id is None:  # prepared ahead: rehearse while waiting
+        rehearse(config.ceiling, report.to_dict())
     try:
-        request = protocol.validate(protocol.read_frame(sock, child.config.max_frame),
+        request = protocol.validate(protocol.read_frame(sock, config.max_frame),
                                     frozenset({"run"}))
         if spec.exec_id is not None and request["id"] != spec.exec_id:
             raise protocol.ProtocolError("run frame for execution %r, expected %r"
@@ -124,50 +353,51 @@ def _serve(child: _Child, error: Optional[isolation.IsolationError]) -> int:
                          % (type(exc).__name__, exc))
         return EXIT_CHANNEL_LOST
     channel.exec_id = request["id"]
+    code = _serve_request(config, spec, report, error, in_force, channel, request)
     try:
-        return _serve_request(child, channel, request, error)
-    finally:
-        child.close_stdio()
-        try:
-            sock.close()
-        except OSError:
-            pass
+        sock.close()  # (stdout and stderr are closed already)
+    except OSError:
+        pass
+    return code
 
 
-def _serve_request(child: _Child, channel: runtime.Channel, request: Dict[str, Any],
-                   error: Optional[isolation.IsolationError]) -> int:
+def _serve_request(config: ChildConfig, spec: ChildSpec, report: isolation.Report,
+                   error: Optional[isolation.IsolationError], in_force,
+                   channel: Channel, request: Dict[str, Any]) -> int:
     exec_id = channel.exec_id
     limits = request.get("limits") or {}
-    if error is None and bool(limits.get("network")) != child.spec.network:
+    if error is None and bool(limits.get("network")) != spec.network:
         error = isolation.IsolationError("net_ns", "child prepared with network=%s for a "
                                          "request with network=%s"
-                                         % (child.spec.network, limits.get("network")))
-    if error is None:
-        error = child.apply_limits(limits)
+                                         % (spec.network, limits.get("network")))
+    if error is None and limits != in_force:
+        error = _apply_limits(report, config, limits)
     if error is not None:
+        _close_stdio()
         channel.send({"type": "error", "id": exec_id, "kind": "sandbox_error",
-                      "message": str(error), "isolation": child.report.to_dict()})
+                      "message": str(error), "isolation": report.to_dict()})
         return EXIT_OK
-    if not channel.send({"type": "ready", "id": exec_id, "isolation": child.report.to_dict()}):
+    if not channel.send({"type": "ready", "id": exec_id, "isolation": report.to_dict()}):
+        _close_stdio()
         return EXIT_CHANNEL_LOST
     # prepared before tenant code runs: sendable even when memory is exhausted
     out_of_memory = protocol.encode({"type": "error", "id": exec_id, "kind": "memory_error",
                                      "message": "MemoryError: the action exceeded its memory "
                                                 "limit"})
-    _run_and_reply(child, channel, request, limits, out_of_memory)
+    _run_and_reply(config, channel, request, limits, out_of_memory)
     return EXIT_CHANNEL_LOST if channel.broken else EXIT_OK
 
 
-def _run_and_reply(child: _Child, channel: runtime.Channel, request: Dict[str, Any],
+def _run_and_reply(config: ChildConfig, channel: Channel, request: Dict[str, Any],
                    limits: Dict[str, Any], out_of_memory: bytes) -> None:
     max_result = limits.get("max_result_bytes")
     try:
         try:
-            reply = runtime.run_action(request, channel, child.config.unreadable_paths)
+            reply = run_action(request, channel, config.unreadable_paths)
         finally:
-            child.close_stdio()  # the action is done: nothing more goes to stdout/stderr
-        reply["usage"] = runtime.usage()
-        frame = runtime.encode_reply(reply, child.config.max_frame)
+            _close_stdio()  # the action is done: nothing more goes to stdout/stderr
+        reply["usage"] = usage()
+        frame = encode_reply(reply, config.max_frame)
         if max_result is not None and len(frame) - protocol.HEADER.size > max_result + 256:
             channel.error("result_too_large", "result of %d bytes exceeds max_result_bytes=%d"
                           % (len(frame), max_result))
@@ -180,14 +410,14 @@ def _run_and_reply(child: _Child, channel: runtime.Channel, request: Dict[str, A
                       "serialized: %s" % exc)
     except protocol.ProtocolError as exc:  # larger than any frame may be
         channel.error("result_too_large", "the result cannot be sent: %s" % exc)
-    except runtime.LoadFailure as exc:
+    except LoadFailure as exc:
         channel.error("load_error", str(exc))
-    except runtime.ActionFailure as exc:
+    except ActionFailure as exc:
         cause = exc.__cause__
         if isinstance(cause, MemoryError):
             channel.send_raw(out_of_memory)
         else:
-            channel.error("action_error", runtime.action_error_message(cause), cause)
+            channel.error("action_error", action_error_message(cause), cause)
     except BaseException as exc:  # our own bug: report it, don't hide it
         channel.error("sandbox_error", "runner failure in child: %s: %s"
                       % (type(exc).__name__, exc), exc)

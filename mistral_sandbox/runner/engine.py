@@ -35,18 +35,21 @@ class Deadlines:
     def __init__(self):
         self._heap: List[Tuple[float, int]] = []
         self._stale = 0
+        self.next_due = float("inf")  # the earliest deadline
 
     def add(self, when: float, exec_id: int) -> None:
         heapq.heappush(self._heap, (when, exec_id))
+        self.next_due = self._heap[0][0]
 
     def due(self, now: float) -> List[int]:
         out = []
         while self._heap and self._heap[0][0] <= now:
             out.append(heapq.heappop(self._heap)[1])
+        self.next_due = self._heap[0][0] if self._heap else float("inf")
         return out
 
     def timeout(self, now: float) -> Optional[float]:
-        return max(0.0, self._heap[0][0] - now) if self._heap else None
+        return max(0.0, self.next_due - now) if self._heap else None
 
     def finished(self, live) -> None:
         """A timed execution ended before its deadline; ``live``: the ids still running."""
@@ -54,6 +57,7 @@ class Deadlines:
         if self._stale > 64 and self._stale > 2 * len(live):
             self._heap = [(d, i) for d, i in self._heap if i in live]
             heapq.heapify(self._heap)
+            self.next_due = self._heap[0][0] if self._heap else float("inf")
             self._stale = 0
 
 
@@ -111,7 +115,32 @@ class Engine:
             self._wake_w.close()
 
     def _turn(self) -> bool:
-        """One turn of the loop; False when it is time to stop."""
+        """One turn of the loop; False when it is time to stop. (Every turn runs for
+        every event of every execution: what it does when there is nothing to do is
+        kept to a few attribute reads.)"""
+        intake, link = self.intake, self.link
+        if intake.closed or intake.kill_all or intake.has_cancels:  # (read unlocked: each
+            if not self._take_orders():                               # sets, then wakes us)
+                return False
+        self._dispatch()
+        now = time.monotonic()
+        timeout = self.deadlines.timeout(now)
+        if not link.ready:  # a restart is pending
+            timeout = _earliest(timeout, link.timeout(now))
+        if self._cold_wait_until is not None:
+            timeout = _earliest(timeout, max(0.0, self._cold_wait_until - now))
+        for key, mask in self.sel.select(timeout):
+            key.data(mask)
+        now = time.monotonic()
+        if self.deadlines.next_due <= now:
+            self._expire(now)
+        if not link.ready:
+            link.tick(now)
+        self._tell_taken()
+        return True
+
+    def _take_orders(self) -> bool:
+        """Carry out shutdown, kill-all and cancellations; False when it is time to stop."""
         intake = self.intake
         with intake.lock:
             if intake.closed and not len(intake) and not self.running:
@@ -122,23 +151,12 @@ class Engine:
                 self.kill(ex, "cancelled", "the sandbox was shut down during the run")
         for ex in intake.take_cancels():
             self._cancel(ex)
-        self._dispatch()
-        now = time.monotonic()
-        timeout = _earliest(self.deadlines.timeout(now), self.link.timeout(now),
-                            None if self._cold_wait_until is None
-                            else max(0.0, self._cold_wait_until - now))
-        for key, mask in self.sel.select(timeout):
-            key.data(mask)
-        now = time.monotonic()
-        self._expire(now)
-        self.link.tick(now)
-        self._tell_taken()
         return True
 
     def _cancel(self, ex: Execution) -> None:
         if ex.id in self.running:
             self.kill(ex, "cancelled", "the execution was cancelled")
-        elif ex.future.running() and self.intake.remove(ex):  # queued to run again
+        elif ex.attempts and self.intake.remove(ex):  # queued to run again
             ex.advance(State.EXITED)
             self.resolve(ex, outcome.without_run(ex, "cancelled", "the execution was "
                                                  "cancelled"))
@@ -155,31 +173,36 @@ class Engine:
 
     def _dispatch(self) -> None:
         self._cold_wait_until = None
-        while len(self.running) < self.settings.max_workers and self.link.ready:
-            ex = self.intake.pop()
+        intake, pool = self.intake, self.pool
+        while len(intake) and len(self.running) < self.settings.max_workers and \
+                self.link.ready:
+            ex = intake.pop()
             if ex is None:
                 break
-            if not ex.future.done() and self._waits_for_warm(ex):
-                self.intake.put_first(ex)  # (its future stays pending: cancellable)
+            network = bool(ex.limits.network)
+            if not pool.serves(network) and not ex.future.done() and \
+                    self._waits_for_warm(ex, network):
+                intake.put_first(ex)  # (its future stays pending: cancellable)
                 break
-            if not ex.future.running() and not ex.future.set_running_or_notify_cancel():
+            # the first attempt marks the future running (a cancelled one ends here);
+            # an execution run again has done so already
+            if not ex.attempts and not ex.future.set_running_or_notify_cancel():
                 ex.advance(State.EXITED)
-                self.resolve(ex, None)  # cancelled while queued
+                self.resolve(ex, None)
                 continue
-            self._start(ex)
+            self._start(ex, network)
         self._tell_taken()
 
-    def _waits_for_warm(self, ex: Execution) -> bool:
+    def _waits_for_warm(self, ex: Execution, network: bool) -> bool:
         now = time.monotonic()
         if ex.cold_wait_since is None:
             ex.cold_wait_since = now
-        until = self.pool.wait_until(ex.cold_wait_since, now, bool(ex.limits.network))
-        self._cold_wait_until = until
-        return until is not None
+        self._cold_wait_until = self.pool.wait_until(ex.cold_wait_since, now, network)
+        return self._cold_wait_until is not None
 
-    def _start(self, ex: Execution) -> None:
+    def _start(self, ex: Execution, network: bool) -> None:
         """Hand ``ex`` to a prepared child, or have the zygote fork one for it."""
-        if self.pool.serves(bool(ex.limits.network)):
+        if self.pool.serves(network):
             w = self.pool.take()
             ex.slot, ex.pid, ex.scratch = w.slot, w.pid, w.scratch
             self.by_slot[w.slot] = ex

@@ -16,7 +16,6 @@ turns it into the outcome.
 from __future__ import annotations
 
 import concurrent.futures
-import enum
 import logging
 from typing import Any, Dict, List, Optional
 
@@ -27,21 +26,35 @@ from mistral_sandbox.runner.child_io import ChildIO
 ACTION_LOG = logging.getLogger("mistral_sandbox.action")
 
 
-class State(enum.Enum):
-    QUEUED = "queued"        # waiting for a worker
-    STARTING = "starting"    # handed to a child; no tenant code has run yet
-    RUNNING = "running"      # the child reported ready: the action may run
-    DELIVERED = "delivered"  # outcome delivered; waiting for the exit report
-    EXITED = "exited"        # reaped, or ended without a child: final
+class State:
+    """One state of an execution. (Plain objects compared by identity, not an Enum:
+    the engine tests states on every message, and Enum members hash in Python.)"""
+
+    __slots__ = ("value", "next")
+
+    def __init__(self, value: str):
+        self.value = value
+        self.next: tuple = ()
+
+    def __repr__(self) -> str:
+        return "State.%s" % self.value.upper()
+
+    QUEUED: "State"
+    STARTING: "State"
+    RUNNING: "State"
+    DELIVERED: "State"
+    EXITED: "State"
 
 
-_NEXT = {
-    State.QUEUED: {State.STARTING, State.EXITED},
-    State.STARTING: {State.RUNNING, State.DELIVERED, State.EXITED, State.QUEUED},
-    State.RUNNING: {State.DELIVERED, State.EXITED},
-    State.DELIVERED: {State.EXITED},
-    State.EXITED: set(),
-}
+State.QUEUED = State("queued")        # waiting for a worker
+State.STARTING = State("starting")    # handed to a child; no tenant code has run yet
+State.RUNNING = State("running")      # the child reported ready: the action may run
+State.DELIVERED = State("delivered")  # outcome delivered; waiting for the exit report
+State.EXITED = State("exited")        # reaped, or ended without a child: final
+State.QUEUED.next = (State.STARTING, State.EXITED)
+State.STARTING.next = (State.RUNNING, State.DELIVERED, State.EXITED, State.QUEUED)
+State.RUNNING.next = (State.DELIVERED, State.EXITED)
+State.DELIVERED.next = (State.EXITED,)
 
 
 class Execution:
@@ -84,7 +97,7 @@ class Execution:
         self.kill_sent = False
 
     def advance(self, state: State) -> None:
-        if state not in _NEXT[self.state]:
+        if state not in self.state.next:
             raise RuntimeError("execution %d cannot go from %s to %s"
                                % (self.id, self.state.value, state.value))
         self.state = state

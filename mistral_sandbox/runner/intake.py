@@ -76,6 +76,10 @@ class Intake:
             self._cancels.append(future)
         return True
 
+    @property
+    def has_cancels(self) -> bool:
+        return bool(self._cancels)
+
     def take_cancels(self) -> List[Execution]:
         """Executions whose cancellation the engine has to carry out."""
         with self.lock:

@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Tuple
 import _signal
 
 from mistral_sandbox.runner import child as child_mod
-from mistral_sandbox.runner import control, isolation, linux, native_plan, runtime, seccomp
+from mistral_sandbox.runner import control, isolation, linux, native_plan, seccomp
 from mistral_sandbox.runner.child_config import ChildConfig, ChildSpec
 from mistral_sandbox.runner.reaper import DRAIN_POLL_MS, ChildRecord, Reaper, remove_tree
 from mistral_sandbox.runner.steps import OFF, REQUIRED
@@ -142,8 +142,8 @@ class Zygote:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, self.handlers[1])
         self.config = self._child_config()
-        runtime.install_runtime(self.settings.get("preload", ()))
-        runtime.warm_up_code(self.config.ceiling)
+        child_mod.install_runtime(self.settings.get("preload", ()))
+        child_mod.warm_up_code(self.config.ceiling)
         gc.freeze()  # keep preloaded objects out of the children's GC: fewer COW faults
         self.send(control.message(control.HELLO, pid=self.pid, root=self.root,
                                   uids=list(self.uids.claimed), **self.facts))

@@ -34,15 +34,12 @@ class ZygoteLink:
         self.intake = intake
         self.engine = None
         self.broken = False
+        self.ready = client.ready  # the zygote said hello and serves (mirrors the client's)
 
     def attach(self, engine) -> None:
         """Start watching the (started) zygote's control socket in ``engine``'s loop."""
         self.engine = engine
         engine.sel.register(self.client.ctl, selectors.EVENT_READ, self._on_ctl)
-
-    @property
-    def ready(self) -> bool:
-        return self.client.ready
 
     def send(self, msg: dict) -> bool:
         return self.client.send(msg)
@@ -61,7 +58,7 @@ class ZygoteLink:
         except OSError as exc:  # e.g. EMFILE: an outcome, and nothing leaked
             _close(opened)
             return "cannot create the child's channel: %s" % exc
-        ok = self.client.ready
+        ok = self.ready
         try:
             if ok:
                 control.send(self.client.ctl, control.message(
@@ -80,7 +77,7 @@ class ZygoteLink:
     # ------------------------------------------------------------ messages
 
     def _on_ctl(self, _mask: int) -> None:
-        while self.client.ready:
+        while self.ready:
             try:
                 msg, fds = control.recv(self.client.ctl, control.FDS_PER_CHILD *
                                         control.WARM_PER_MESSAGE)
@@ -170,6 +167,7 @@ class ZygoteLink:
             self._attempt_failed(exc)
             return
         client.restarts += 1
+        self.ready = True
         LOG.warning("zygote restarted (generation %d)", client.generation)
         self.engine.sel.modify(client.ctl, selectors.EVENT_READ, self._on_ctl)
 
@@ -191,6 +189,7 @@ class ZygoteLink:
                 self.engine.resolve(ex, None)
 
     def _stop(self) -> None:
+        self.ready = False
         self.pool.drop_all()
         if self.client.ctl is not None and self.engine is not None:
             try:
