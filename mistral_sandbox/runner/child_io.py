@@ -40,36 +40,36 @@ class Tail:
 
 
 class ChildIO:
-    """``sock`` (the channel), ``out_r``/``err_r`` (output pipes), the request
-    ``frame`` to write; replies are split by a reader accepting frames of at most
-    ``max_reply`` bytes; ``tail`` bytes of each output stream are kept."""
+    """The parent's ends of one child and what came through them: the request
+    ``frame`` to write, a reader for replies of at most ``max_reply`` bytes, the last
+    ``tail`` bytes of stdout and of stderr. Made when the execution is submitted (in
+    the caller's thread), attached to a child's ends by the engine."""
 
     __slots__ = ("sock", "out_r", "err_r", "frame", "written", "reader", "stdout", "stderr",
                  "channel_open")
 
-    def __init__(self, sock: socket.socket, out_r: int, err_r: int, frame: bytes,
-                 max_reply: int, tail: int):
-        self.sock = sock
-        self.out_r = out_r
-        self.err_r = err_r
+    def __init__(self, frame: bytes, max_reply: int, tail: int):
+        self.sock: Optional[socket.socket] = None
+        self.out_r = self.err_r = -1
         self.frame = frame
         self.written = 0
         self.reader = protocol.FrameReader(max_reply)
         self.stdout = Tail(tail)
         self.stderr = Tail(tail)
-        self.channel_open = True
+        self.channel_open = False
 
-    def start(self, sel: selectors.BaseSelector, on_channel: Callable[[int], None],
-              on_stdout: Callable[[int], None], on_stderr: Callable[[int], None]) -> None:
-        """Watch the three ends and write the request (as much as fits now)."""
-        self.sock.setblocking(False)
-        os.set_blocking(self.out_r, False)
-        os.set_blocking(self.err_r, False)
-        sel.register(self.out_r, selectors.EVENT_READ, on_stdout)
-        sel.register(self.err_r, selectors.EVENT_READ, on_stderr)
+    def attach(self, sel: selectors.BaseSelector, sock: socket.socket, out_r: int, err_r: int,
+               on_channel: Callable[[int], None], on_stdout: Callable[[int], None],
+               on_stderr: Callable[[int], None]) -> None:
+        """Write the request into ``sock`` (as much as fits now: the child starts on it
+        at once), then watch the three ends (already non-blocking)."""
+        self.sock, self.out_r, self.err_r = sock, out_r, err_r
+        self.channel_open = True
         self._write()
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.frame else 0)
-        sel.register(self.sock, events, on_channel)
+        sel.register(sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if self.frame else 0),
+                     on_channel)
+        sel.register(out_r, selectors.EVENT_READ, on_stdout)
+        sel.register(err_r, selectors.EVENT_READ, on_stderr)
 
     def write_request(self, sel: selectors.BaseSelector, on_channel) -> None:
         """The channel is writable: write more of the request; stop watching for
@@ -148,7 +148,8 @@ class ChildIO:
 
     def close(self, sel: selectors.BaseSelector) -> None:
         self.close_channel(sel)
-        self.sock.close()
+        if self.sock is not None:
+            self.sock.close()
         self.close_output(sel, 1)
         self.close_output(sel, 2)
 

@@ -20,7 +20,6 @@ import time
 from typing import Dict, List, Optional, Tuple
 
 from mistral_sandbox.runner import control, linux, outcome, protocol
-from mistral_sandbox.runner.child_io import TAIL_BYTES, ChildIO
 from mistral_sandbox.runner.execution import Execution, State
 from mistral_sandbox.runner.intake import Intake
 from mistral_sandbox.runner.settings import SandboxSettings
@@ -216,17 +215,13 @@ class Engine:
         self._begin(ex, *ends)
 
     def _begin(self, ex: Execution, sock: socket.socket, out_r: int, err_r: int) -> None:
-        max_frame, max_result = self.settings.max_frame, ex.limits.max_result_bytes
-        max_reply = max_frame if max_result is None else min(max_frame, max_result + 64 * 1024)
-        tail = min(ex.limits.max_output_bytes or TAIL_BYTES, TAIL_BYTES)
-        io = ChildIO(sock, out_r, err_r, ex.request or b"", max_reply, tail)
-        ex.start(io, time.monotonic())
+        ex.start(time.monotonic())
         self.running[ex.id] = ex
         if ex.deadline is not None:
             self.deadlines.add(ex.deadline, ex.id)
-        io.start(self.sel, lambda m, ex=ex: self._on_channel(ex, m),
-                 lambda m, ex=ex: self._on_output(ex, 1),
-                 lambda m, ex=ex: self._on_output(ex, 2))
+        ex.io.attach(self.sel, sock, out_r, err_r, lambda m, ex=ex: self._on_channel(ex, m),
+                     lambda m, ex=ex: self._on_output(ex, 1),
+                     lambda m, ex=ex: self._on_output(ex, 2))
 
     # ------------------------------------------------------------ a child's ends
 

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional
 
 from mistral_sandbox.api.context import REDACTED
 from mistral_sandbox.runner import protocol
-from mistral_sandbox.runner.child_io import ChildIO
+from mistral_sandbox.runner.child_io import TAIL_BYTES, ChildIO
 
 ACTION_LOG = logging.getLogger("mistral_sandbox.action")
 
@@ -63,7 +63,8 @@ class Execution:
     ``aeid`` and the ``token`` to redact from every text."""
 
     def __init__(self, exec_id: int, ref, request: bytes, future: concurrent.futures.Future,
-                 limits, notes: List[str], aeid: Optional[str], token: Optional[str]):
+                 limits, notes: List[str], aeid: Optional[str], token: Optional[str],
+                 max_frame: int = protocol.DEFAULT_MAX_FRAME):
         self.id = exec_id
         self.ref = ref
         self.future = future
@@ -75,13 +76,17 @@ class Execution:
         # was handed to dies before that (no tenant code ran): at most once
         self.request: Optional[bytes] = request
         self.attempts = 0
+        max_result = limits.max_result_bytes
+        self._max_reply = max_frame if max_result is None else \
+            min(max_frame, max_result + 64 * 1024)
+        self._tail = min(limits.max_output_bytes or TAIL_BYTES, TAIL_BYTES)
         self.cold_wait_since: Optional[float] = None  # waiting for a prepared child since
         self.state = State.QUEUED
         self._reset()
 
     def _reset(self) -> None:
         """Forget every trace of a child (a new execution, or one run again)."""
-        self.io: Optional[ChildIO] = None
+        self.io = ChildIO(self.request or b"", self._max_reply, self._tail)
         self.pid: Optional[int] = None
         self.slot: Optional[int] = None  # the prepared child's slot, if it runs in one
         self.scratch: Optional[str] = None
@@ -102,11 +107,10 @@ class Execution:
                                % (self.id, self.state.value, state.value))
         self.state = state
 
-    def start(self, io: ChildIO, started: float) -> None:
-        """Handed to a child (``io``: the parent's ends of it)."""
+    def start(self, started: float) -> None:
+        """Handed to a child (the engine attaches ``io`` to its ends)."""
         self.advance(State.STARTING)
         self.attempts += 1
-        self.io = io
         self.started = started
         if self.limits.wall_time is not None:
             self.deadline = started + self.limits.wall_time

@@ -67,7 +67,7 @@ def prepare(exec_id: int, catalog: catalog_mod.Catalog, ceiling: Limits, max_fra
                        action=ref if isinstance(ref, str) else repr(ref),
                        limits=effective.to_dict(human=True), notes=notes)
     return Execution(exec_id, action_ref, frame, concurrent.futures.Future(), effective,
-                     notes, aeid, ctx["security"].get("auth_token"))
+                     notes, aeid, ctx["security"].get("auth_token"), max_frame)
 
 
 def _check_params(params: Optional[Mapping[str, Any]]) -> Dict[str, Any]:

@@ -28,6 +28,10 @@ class WarmChild:
         self.slot, self.pid, self.scratch = slot, pid, scratch
         self.sock = socket.socket(fileno=fds[0])
         self.out_r, self.err_r = fds[1], fds[2]
+        # made non-blocking now, while the child waits, not on the request's path
+        self.sock.setblocking(False)
+        os.set_blocking(self.out_r, False)
+        os.set_blocking(self.err_r, False)
 
     def close(self) -> None:
         self.sock.close()

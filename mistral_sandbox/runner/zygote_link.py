@@ -72,6 +72,9 @@ class ZygoteLink:
         if not ok:
             _close([parent, out_r, err_r])
             return "cannot reach the zygote: %s" % why
+        parent.setblocking(False)
+        os.set_blocking(out_r, False)
+        os.set_blocking(err_r, False)
         return parent, out_r, err_r
 
     # ------------------------------------------------------------ messages
