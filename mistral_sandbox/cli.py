@@ -33,25 +33,29 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+def _json_object(text: str, option: str, shape: str = "a JSON object") -> Dict[str, Any]:
+    """``text`` (or, as ``@FILE``, that file's content) parsed as a JSON object;
+    UsageError naming ``option`` otherwise."""
+    if text.startswith("@"):
+        try:
+            with open(text[1:], encoding="utf-8") as f:
+                text = f.read()
+        except OSError as exc:
+            raise UsageError("%s: cannot read %s: %s" % (option, text[1:], exc.strerror)) \
+                from None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise UsageError("%s: invalid JSON: %s" % (option, exc)) from None
+    if not isinstance(value, dict):
+        raise UsageError("%s: expected %s, got %s" % (option, shape, type(value).__name__))
+    return value
+
+
 def parse_params(pairs: List[str], params_json: Optional[str]) -> Dict[str, Any]:
     params: Dict[str, Any] = {}
     if params_json:
-        source = params_json
-        if params_json.startswith("@"):
-            try:
-                with open(params_json[1:], encoding="utf-8") as f:
-                    source = f.read()
-            except OSError as exc:
-                raise UsageError("--params-json: cannot read %s: %s"
-                                 % (params_json[1:], exc.strerror)) from None
-        try:
-            loaded = json.loads(source)
-        except ValueError as exc:
-            raise UsageError("--params-json: invalid JSON: %s" % exc) from None
-        if not isinstance(loaded, dict):
-            raise UsageError("--params-json: expected a JSON object, got %s"
-                             % type(loaded).__name__)
-        params.update(loaded)
+        params.update(_json_object(params_json, "--params-json"))
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
@@ -123,19 +127,16 @@ def check_reference(ref: str) -> None:
 
 
 def parse_context(text: Optional[str]) -> Optional[Dict[str, Any]]:
-    """``--context-json``: a JSON object with ``security`` and ``execution`` maps whose
-    fields are those of the API's contexts; UsageError names what is wrong."""
+    """``--context-json``: a JSON object (or ``@FILE``: keep an auth token out of the
+    command line, where every user of the host can read it) with ``security`` and
+    ``execution`` maps whose fields are those of the API's contexts; UsageError names
+    what is wrong."""
     from mistral_sandbox.runner.request import context_dict
 
     if not text:
         return None
-    try:
-        context = json.loads(text)
-    except ValueError as exc:
-        raise UsageError("--context-json: invalid JSON: %s" % exc) from None
-    if not isinstance(context, dict):
-        raise UsageError("--context-json: expected a JSON object {\"security\": {...}, "
-                         "\"execution\": {...}}, got %s" % type(context).__name__)
+    context = _json_object(text, "--context-json",
+                           'a JSON object {"security": {...}, "execution": {...}}')
     try:
         context_dict(context)
     except ValueError as exc:
@@ -292,8 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--param", "-p", action="append", metavar="NAME=VALUE",
                      help="action parameter; VALUE is parsed as JSON if it is JSON")
     run.add_argument("--params-json", metavar="JSON|@FILE", help="parameters as a JSON object")
-    run.add_argument("--context-json", metavar="JSON",
-                     help="action context {security: {...}, execution: {...}}")
+    run.add_argument("--context-json", metavar="JSON|@FILE",
+                     help="action context {security: {...}, execution: {...}}; give an "
+                          "auth token in a file (@FILE), never on the command line")
     run.add_argument("--limit", "-l", action="append", metavar="NAME=VALUE",
                      help="tighten a limit: %s"
                      % ", ".join(sorted(set(FIELD_NAMES) | set(ALIASES))))

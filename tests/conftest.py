@@ -295,6 +295,16 @@ def session_temp_entries():
 
 # ---------------------------------------------------------------- the checks
 
+def wait_for(condition, timeout=10.0):
+    """Poll ``condition()`` (bounded): True once it holds, False if ``timeout`` passed."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
 def wait_for_value(compute, timeout=SETTLE):
     """``compute()`` until it is empty or ``timeout`` seconds passed; its last value."""
     deadline = time.monotonic() + timeout

@@ -5,22 +5,12 @@ import concurrent.futures
 import dataclasses
 import os
 import signal
-import time
 
 import psutil
 
 from mistral_sandbox.runner.limits import DEFAULT_CEILING
 from mistral_sandbox import Sandbox
-from tests.conftest import FIXTURES
-
-
-def wait_for(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
+from tests.conftest import FIXTURES, wait_for
 
 
 def test_a_request_runs_in_a_child_that_was_waiting_warm(sandbox, clean):

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from mistral_sandbox import Overloaded, Sandbox, SandboxError
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, wait_for
 
 ROOT = os.geteuid() == 0
 
@@ -213,15 +213,6 @@ def _flaky_preload(tmp_path):
     return flag
 
 
-def wait_for(condition, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
-
-
 def test_restart_backoff_does_not_block_the_loop(no_leaks, tmp_path, monkeypatch):
     """While a restart waits out its backoff the sandbox keeps serving its callers: a
     queued execution can be cancelled, and shutdown returns at once instead of after
@@ -234,7 +225,7 @@ def test_restart_backoff_does_not_block_the_loop(no_leaks, tmp_path, monkeypatch
         flag.write_text("")
         os.kill(sb.zygote_info["pid"], signal.SIGKILL)
         # the first attempt (at once) fails; the second waits 600 s
-        assert wait_for(lambda: sb.status()["restart_attempts"] == 2)
+        assert wait_for(lambda: sb.status()["restart_attempts"] == 2, timeout=30)
         assert sb.status()["zygote"] == "restarting" and sb.status()["generations"] == 2
         queued = sb.submit("std.noop")
         assert sb.status()["queued"] == 1
@@ -252,7 +243,7 @@ def test_a_zygote_that_cannot_restart_breaks_the_sandbox(no_leaks, tmp_path, mon
                  preload=["flaky_preload"]) as sb:
         flag.write_text("")
         os.kill(sb.zygote_info["pid"], signal.SIGKILL)
-        assert wait_for(lambda: sb.status()["zygote"] == "broken")
+        assert wait_for(lambda: sb.status()["zygote"] == "broken", timeout=30)
         assert sb.status()["generations"] == 3  # the first, and two failed restarts
         with pytest.raises(SandboxError, match="(?s)the sandbox is broken: the zygote could not "
                                                "be restarted.*broken on purpose"):

@@ -41,3 +41,15 @@ def test_limits_parse_and_errors():
 def test_bench_refuses_a_negative_warm_pool_before_measuring(capsys):
     assert cli.main(["bench", "--warm", "-1", "--out", ""]) == cli.EXIT_USAGE
     assert "--warm: the warm pool size must be >= 0, got -1" in capsys.readouterr().err
+
+
+def test_context_from_a_file_keeps_the_token_off_the_command_line(tmp_path):
+    f = tmp_path / "ctx.json"
+    f.write_text('{"security": {"auth_token": "tok-123", "project_id": "p"}}')
+    assert cli.parse_context("@%s" % f) == {"security": {"auth_token": "tok-123",
+                                                         "project_id": "p"}}
+    with pytest.raises(cli.UsageError, match="--context-json: cannot read /nonexistent"):
+        cli.parse_context("@/nonexistent/ctx.json")
+    f.write_text('{"security": {"tokn": "x"}}')
+    with pytest.raises(cli.UsageError, match=r"unknown security context field\(s\): tokn"):
+        cli.parse_context("@%s" % f)
