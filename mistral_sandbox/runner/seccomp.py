@@ -1,11 +1,17 @@
 """Seccomp filter, built once with the system libseccomp (via ctypes), loaded per child.
 
 The filter allows everything except a deny list (see :data:`DENIED_SYSCALLS`;
-System V IPC and POSIX message queues among them), which fails with ``EPERM``;
-``clone``/``clone3`` that would create namespaces are refused; with network off
-``socket()`` is refused for every address family but netlink (so no inet, unix,
-packet or vsock socket; ``socketpair`` works), with network on for vsock (the
-hypervisor's sockets are not the network).
+System V IPC, POSIX message queues and io_uring among them — io_uring's requests
+include socket(), connect() and the rest, which this filter could not see), which
+fails with ``EPERM``; ``clone``/``clone3`` that would create namespaces are refused.
+Sockets: ``socketpair`` only makes connected unix stream pairs (which can reach
+nothing but each other). Without network ``socket()``, ``bind()`` and ``connect()``
+are refused outright: no unix socket can reach a host daemon or an abstract name,
+no netlink socket can reach another execution. With network only inet, inet6 and
+netlink's route protocol sockets can be made (no unix socket: the host's abstract
+names live in its network namespace; no vsock: the hypervisor is not the network).
+Arguments are compared on their low 32 bits where the kernel reads an ``int``;
+system calls of another ABI (i386, x32) kill the thread.
 
 :func:`build` compiles the filter to a classic BPF program (bytes) in the
 zygote — once per network setting; :func:`load` installs such a program in
@@ -35,15 +41,22 @@ DENIED_SYSCALLS = (
     "shmget", "shmat", "shmdt", "shmctl", "semget", "semop", "semtimedop", "semctl",
     "msgget", "msgsnd", "msgrcv", "msgctl", "ipc", "mq_open", "mq_unlink", "mq_timedsend",
     "mq_timedreceive", "mq_notify", "mq_getsetattr",
+    # io_uring: operations (socket, connect, openat...) seccomp does not see
+    "io_uring_setup", "io_uring_enter", "io_uring_register",
 )
 CLONE_NAMESPACE_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000,
                          0x20000000, 0x40000000, 0x00000080)  # NS CGROUP UTS IPC USER PID NET TIME
-AF_NETLINK, AF_VSOCK = 16, 40
+AF_UNIX, AF_INET, AF_INET6, AF_NETLINK, AF_VSOCK = 1, 2, 10, 16, 40
+AF_MAX = 64  # beyond every family this kernel generation knows
+SOCK_STREAM, SOCK_TYPE_MASK = 1, 0xF
+NETLINK_ROUTE = 0
+INT_MASK = 0xFFFFFFFF  # the kernel reads these arguments as int: compare the low bits
 
 SCMP_ACT_ALLOW = 0x7FFF0000
 SCMP_FLTATR_CTL_OPTIMIZE = 8  # libseccomp >= 2.5
 SCMP_OPTIMIZE_BINARY_TREE = 2
 SCMP_CMP_NE = 1
+SCMP_CMP_GE = 5
 SCMP_CMP_EQ = 4
 SCMP_CMP_MASKED_EQ = 7
 PR_SET_SECCOMP = 22
@@ -128,12 +141,7 @@ def build(network: bool, library: Optional[str] = None, binary_tree: bool = True
         for flag in CLONE_NAMESPACE_FLAGS:
             rule(deny, "clone", _ArgCmp(0, SCMP_CMP_MASKED_EQ, flag, flag))
         rule(SCMP_ACT_ERRNO(errno.ENOSYS), "clone3")  # flags unreadable: make libc use clone
-        if not network:
-            # netlink only (the shared namespace's lo): no inet, packet or vsock socket,
-            # and no unix socket (host daemons' sockets, abstract names); socketpair stays
-            rule(deny, "socket", _ArgCmp(0, SCMP_CMP_NE, AF_NETLINK, 0))
-        else:
-            rule(deny, "socket", _ArgCmp(0, SCMP_CMP_EQ, AF_VSOCK, 0))  # the hypervisor's
+        _socket_rules(rule, deny, network)
         r, w = os.pipe()
         try:
             rc = lib.seccomp_export_bpf(ctx, w)
@@ -158,6 +166,26 @@ def build(network: bool, library: Optional[str] = None, binary_tree: bool = True
         raise SeccompUnavailable("libseccomp produced an invalid program (%d bytes)"
                                  % len(program))
     return program
+
+
+def _socket_rules(rule, deny, network: bool) -> None:
+    """socketpair: unix stream pairs only; without network no socket(), bind() or
+    connect(); with network socket() for inet, inet6 and netlink route only."""
+    rule(deny, "socketpair", _ArgCmp(0, SCMP_CMP_NE, AF_UNIX, 0))
+    for kind in range(SOCK_TYPE_MASK + 1):
+        if kind != SOCK_STREAM:
+            rule(deny, "socketpair", _ArgCmp(1, SCMP_CMP_MASKED_EQ, SOCK_TYPE_MASK, kind))
+    if not network:
+        for name in ("socket", "bind", "connect"):
+            rule(deny, name)
+        return
+    allowed = (AF_INET, AF_INET6, AF_NETLINK)
+    for family in range(AF_MAX):
+        if family not in allowed:
+            rule(deny, "socket", _ArgCmp(0, SCMP_CMP_MASKED_EQ, INT_MASK, family))
+    rule(deny, "socket", _ArgCmp(0, SCMP_CMP_GE, AF_MAX, 0))  # (also any high bits set)
+    rule(deny, "socket", _ArgCmp(0, SCMP_CMP_MASKED_EQ, INT_MASK, AF_NETLINK),
+         _ArgCmp(2, SCMP_CMP_NE, NETLINK_ROUTE, 0))
 
 
 class Program:

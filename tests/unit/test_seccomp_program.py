@@ -81,13 +81,16 @@ def _nr(name: str) -> int:
 def _probes():
     """(nr, args) for every syscall number, plus the argument values rules test."""
     clone_flags = [0x11, 0x01200011] + list(seccomp.CLONE_NAMESPACE_FLAGS)
-    families = [0, 1, 2, 10, 16, 17, 40, 0x1_0000_0010]
+    families = [0, 1, 2, 10, 16, 17, 40, 63, 64, 0x1_0000_0002, 0x1_0000_0010]
     for nr in range(MAX_NR):
         yield nr, (0,) * 6
     for flags in clone_flags:
         yield _nr("clone"), (flags, 0, 0, 0, 0, 0)
     for family in families:
-        yield _nr("socket"), (family, 1, 0, 0, 0, 0)
+        for kind in (1, 2, 0x80801, 0x80002):
+            for proto in (0, 2, 4, 0x1_0000_0000):
+                yield _nr("socket"), (family, kind, proto, 0, 0, 0)
+                yield _nr("socketpair"), (family, kind, proto, 0, 0, 0)
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["no-network", "network"])
@@ -111,18 +114,42 @@ def test_verdicts_are_the_promised_ones(programs):
     for name in ("ptrace", "mount", "unshare", "setns", "bpf", "keyctl", "mount_setattr",
                  "shmget", "semget", "msgget", "mq_open"):
         assert run_filter(tree, _nr(name)) == RET_EPERM, name
-    for name in ("read", "write", "openat", "getpid", "mmap", "socketpair", "exit_group"):
+    for name in ("read", "write", "openat", "getpid", "mmap", "exit_group"):
         assert run_filter(tree, _nr(name)) == RET_ALLOW, name
     assert run_filter(tree, _nr("clone3")) == RET_ENOSYS
     clone = _nr("clone")
     assert run_filter(tree, clone, (0x01200011, 0, 0, 0, 0, 0)) == RET_ALLOW  # fork()
     for flag in seccomp.CLONE_NAMESPACE_FLAGS:
         assert run_filter(tree, clone, (0x11 | flag, 0, 0, 0, 0, 0)) == RET_EPERM, hex(flag)
-    socket_nr = _nr("socket")
-    inet = run_filter(tree, socket_nr, (2, 1, 0, 0, 0, 0))
-    assert inet == (RET_ALLOW if network else RET_EPERM)
-    assert run_filter(tree, socket_nr, (16, 3, 0, 0, 0, 0)) == RET_ALLOW  # netlink
-    assert run_filter(tree, socket_nr, (40, 1, 0, 0, 0, 0)) == RET_EPERM  # vsock: never
+    for name in ("io_uring_setup", "io_uring_enter", "io_uring_register"):
+        assert run_filter(tree, _nr(name)) == RET_EPERM, name
+    socket_nr, pair = _nr("socket"), _nr("socketpair")
+
+    def sock(family, kind=1, proto=0):
+        return run_filter(tree, socket_nr, (family, kind, proto, 0, 0, 0))
+    allowed = {2, 10} if network else set()
+    for family in (0, 1, 2, 10, 17, 40, 63, 64, 0x1_0000_0002, 0x1_0000_0001):
+        verdict = RET_ALLOW if family in allowed else RET_EPERM
+        assert sock(family) == verdict, hex(family)
+        assert sock(family, 0x80801) == verdict, hex(family)  # SOCK_CLOEXEC|NONBLOCK
+    # netlink: its route protocol with network (name resolution), never another one
+    assert sock(16, 3, 0) == (RET_ALLOW if network else RET_EPERM)
+    for proto in (2, 4, 0x1_0000_0000):  # NETLINK_USERSOCK, NETLINK_SOCK_DIAG
+        assert sock(16, 3, proto) == RET_EPERM, proto
+    # socketpair: connected unix stream pairs only
+    assert run_filter(tree, pair, (1, 1, 0, 0, 0, 0)) == RET_ALLOW
+    assert run_filter(tree, pair, (1, 0x80001, 0, 0, 0, 0)) == RET_ALLOW
+    for family, kind in ((1, 2), (1, 5), (1, 0x80002), (2, 1), (0x1_0000_0001, 1)):
+        assert run_filter(tree, pair, (family, kind, 0, 0, 0, 0)) == RET_EPERM, (family, kind)
+    for name in ("bind", "connect"):
+        assert run_filter(tree, _nr(name)) == (RET_ALLOW if network else RET_EPERM), name
+
+
+def test_other_abis_kill():
+    """i386 (int 0x80) and x32 system calls never reach the native rules: killed."""
+    tree = _instructions(seccomp.build(False))
+    assert run_filter(tree, 102, arch=0x40000003) == 0  # i386 socketcall: SECCOMP_RET_KILL
+    assert run_filter(tree, 0x40000000 | _nr("socket")) == 0  # x32 socket
 
 
 def test_tree_layout_is_what_children_load():
