@@ -23,7 +23,8 @@ from mistral_sandbox.api.context import REDACTED
 from mistral_sandbox.runner import protocol
 from mistral_sandbox.runner.child_io import TAIL_BYTES, ChildIO
 
-ACTION_LOG = logging.getLogger("mistral_sandbox.action")
+ACTION_LOGGER = "mistral_sandbox.action"  # + "." + the action's name
+HOST_LOG_LEVEL = logging.WARNING  # the highest level a tenant's record gets on the host
 
 
 class State:
@@ -97,6 +98,7 @@ class Execution:
         self.logs: List[Dict[str, Any]] = []
         self.log_bytes = 0
         self.logs_dropped = 0
+        self.logs_capped = 0  # records above HOST_LOG_LEVEL, logged at it on the host
         self.kill_reason: Optional[str] = None
         self.kill_message = ""
         self.kill_sent = False
@@ -173,12 +175,20 @@ class Execution:
             raise protocol.ProtocolError("nested action calls are not enabled in this runner")
 
     def _on_log(self, msg: Dict[str, Any]) -> None:
+        """Keep the record for the outcome (bounded by max_log_bytes), and log it on the
+        host under the action's own logger, at most at HOST_LOG_LEVEL: a tenant must not
+        page an operator with CRITICAL records."""
         text = self.redact(msg["msg"])
         cap = self.limits.max_log_bytes
         if cap is not None and self.log_bytes + len(text) > cap:
             self.logs_dropped += 1
             return
         self.log_bytes += len(text)
-        self.logs.append({"level": msg["level"], "logger": msg.get("logger"), "msg": text})
-        if ACTION_LOG.isEnabledFor(msg["level"]):
-            ACTION_LOG.log(msg["level"], "[%s #%d] %s", self.ref.name, self.id, text)
+        level = msg["level"]
+        self.logs.append({"level": level, "logger": msg.get("logger"), "msg": text})
+        if level > HOST_LOG_LEVEL:
+            self.logs_capped += 1
+            level = HOST_LOG_LEVEL
+        logger = logging.getLogger("%s.%s" % (ACTION_LOGGER, self.ref.name))
+        if logger.isEnabledFor(level):
+            logger.log(level, "[#%d] %s", self.id, text)

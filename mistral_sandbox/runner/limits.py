@@ -276,6 +276,7 @@ DEFAULT_CEILING = Limits(
     cpu_time=60.0,
     wall_time=120.0,
     file_size=64 * 1024 ** 2,
+    memory_locked=64 * 1024,
     number_files=256,
     number_processes=64,
     max_result_bytes=16 * 1024 ** 2,

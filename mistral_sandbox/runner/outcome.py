@@ -235,6 +235,9 @@ def build(ex, exit_report: Optional[dict]) -> "Outcome":
     notes = list(ex.notes)
     if ex.logs_dropped:
         notes.append("%d log records dropped (max_log_bytes)" % ex.logs_dropped)
+    if ex.logs_capped:
+        notes.append("%d log record%s above WARNING logged at WARNING on the host"
+                     % (ex.logs_capped, "" if ex.logs_capped == 1 else "s"))
     io = ex.io
     return Outcome(
         exit_reason=reason, message=ex.redact(message) or "", usage=usage,
