@@ -321,11 +321,14 @@ def _native_fork():
     return None if isinstance(helper, ImportError) else helper.fork_in_new_pidns
 
 
-def main(argv: Optional[List[str]] = None) -> None:
-    """``python -I -c 'from mistral_sandbox.runner.zygote import main; main()' SETTINGS``;
-    the JSON settings name the control socket's fd (``ctl_fd``)."""
-    argv = sys.argv[1:] if argv is None else argv
-    settings = json.loads(argv[0])
+def main() -> None:
+    """``python -I -c 'from mistral_sandbox.runner.zygote import main; main()'`` with
+    the JSON settings on stdin (not in argv, which every child would show in its
+    /proc/self/cmdline); they name the control socket's fd (``ctl_fd``)."""
+    settings = json.loads(sys.stdin.buffer.read())
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
     os.umask(0o077)
     linux.own_session()  # (the supervisor starts us in a new session already)
     # once, for every child: HOME and TMPDIR are where a child sees its scratch

@@ -76,12 +76,20 @@ class ZygoteClient:
         settings = self.settings.zygote_settings(gen_dir, child.fileno())
         try:
             with open(gen_dir + ".stderr", "wb") as err:
+                # the settings go through stdin, not argv: every child is a fork of the
+                # zygote, and an action can read its /proc/self/cmdline
                 self.proc = subprocess.Popen(
-                    [self.settings.python, "-I", "-c", _BOOTSTRAP, json.dumps(settings)],
-                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                    [self.settings.python, "-I", "-c", _BOOTSTRAP],
+                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err,
                     pass_fds=(child.fileno(),), close_fds=True, start_new_session=True,
                     env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"},
                     cwd="/")
+            try:
+                self.proc.stdin.write(json.dumps(settings).encode())
+            except BrokenPipeError:
+                pass  # it died at once: its hello will not come, its stderr says why
+            finally:
+                self.proc.stdin.close()
         except OSError as exc:
             parent.close()
             raise SandboxError("cannot start the zygote: %s" % exc) from None
