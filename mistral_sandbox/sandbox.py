@@ -161,7 +161,9 @@ class Sandbox:
         """A snapshot for operators and health checks: ``zygote`` ("up", "restarting",
         "broken" or "stopped"), its ``pid``, ``restarts`` (successful), failed
         ``restart_attempts`` since it last died, ``generations`` started, executions
-        ``queued`` and ``running``, prepared children ``idle``."""
+        ``queued`` and ``running``, prepared children ``idle``, and executions
+        ``killed_after_reply`` (whose processes had not exited a few seconds after
+        their outcome was delivered)."""
         client, link = self._client, self._engine.link
         if link.broken:
             state = "broken"
@@ -172,7 +174,8 @@ class Sandbox:
         return {"zygote": state, "pid": client.info.get("pid") if client.ready else None,
                 "restarts": client.restarts, "restart_attempts": client.failed_attempts,
                 "generations": client.generation, "queued": len(self._intake),
-                "running": len(self._engine.running), "idle": len(self._pool.idle)}
+                "running": len(self._engine.running), "idle": len(self._pool.idle),
+                "killed_after_reply": self._engine.killed_after_reply}
 
     def warm_pids(self) -> frozenset:
         """Pids of the prepared children waiting for an execution."""

@@ -26,6 +26,7 @@ from mistral_sandbox.runner.settings import SandboxSettings
 from mistral_sandbox.runner.warm_pool import WarmPool
 
 LOG = logging.getLogger(__name__)
+EXIT_GRACE = 5.0  # seconds a delivered execution's processes get to exit
 
 
 class Deadlines:
@@ -77,6 +78,7 @@ class Engine:
         self._wake_w.setblocking(False)
         self.sel.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
         self._cold_wait_until: Optional[float] = None
+        self.killed_after_reply = 0
 
     # ------------------------------------------------------------ any thread
 
@@ -161,10 +163,19 @@ class Engine:
                                                  "cancelled"))
 
     def _expire(self, now: float) -> None:
+        """Kill what reached its deadline — delivered or not: the wall time holds until
+        the execution's whole tree has exited, and a delivered one gets EXIT_GRACE."""
         for exec_id in self.deadlines.due(now):
             ex = self.running.get(exec_id)
-            if ex is not None and ex.deadline is not None and ex.deadline <= now \
-                    and not ex.delivered:
+            if ex is None or ex.deadline is None or ex.deadline > now:
+                continue
+            if ex.delivered:
+                if not ex.kill_sent:
+                    self.killed_after_reply += 1
+                    LOG.warning("execution %d had not exited %gs after its reply: killing "
+                                "its processes", ex.id, EXIT_GRACE)
+                self.kill(ex, "timeout", "the execution did not exit after its reply")
+            else:
                 self.kill(ex, "timeout", "the action exceeded its wall-time limit of %gs"
                           % ex.limits.wall_time)
 
@@ -297,6 +308,12 @@ class Engine:
         ex.advance(State.DELIVERED)
         self.resolve(ex, outcome.build(ex, None))
         self.pool.release(ex.slot)
+        # nothing of the action runs after its reply: its tree exits at once, or is
+        # killed (and its worker freed) EXIT_GRACE later, whatever its wall time
+        grace = time.monotonic() + EXIT_GRACE
+        if ex.deadline is None or grace < ex.deadline:
+            ex.deadline = grace
+            self.deadlines.add(grace, ex.id)
 
     def finish(self, ex: Execution, exit_report: Optional[dict]) -> None:
         """The child is gone (``exit_report``: the zygote's; None: the zygote died or
