@@ -84,6 +84,9 @@ class Sandbox:
                            doc="What the zygote said when it started (pid, uids, isolation).")
     scratch_dir = property(lambda self: self._client.scratch_dir,
                            doc="The current zygote generation's directory.")
+    scratch_view = property(lambda self: self._client.info.get("scratch_view"),
+                            doc="Where an action sees its scratch directory (its cwd, "
+                                "HOME and TMPDIR).")
     restarts = property(lambda self: self._client.restarts)
 
     def submit(self, ref: str, params: Optional[Mapping[str, Any]] = None,

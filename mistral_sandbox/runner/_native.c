@@ -9,12 +9,15 @@
  * Why: in a forked Python child every object the Python steps touch is a
  * copy-on-write page fault; here the same system calls touch a few pages of C stack.
  *
- * prepare(*, channel, stdout, stderr, net_ns_fd, ipc_ns_fd, uts_ns_fd, scratch_view,
- *         tmpfs_options, uid, seccomp_filter, expected_parent, in_pid_ns, rlimits)
+ * prepare(*, channel, stdout, stderr, net_ns_fd, ipc_ns_fd, uts_ns_fd, mount_ns_fd,
+ *         scratch_view, tmpfs_options, uid, seccomp_filter, expected_parent, in_pid_ns,
+ *         rlimits)
  *   -> (failed_step_index or -1, errno, what_failed, (microseconds per step, ...))
  *
  * Steps, in order (STEP_NAMES, which must be steps.NATIVE_ORDER): fds, session, net_ns,
- * mount_ns, ipc_ns, uts_ns, no_new_privs, seccomp, uid, pdeathsig, rlimits. ``rlimits``
+ * mount_ns, ipc_ns, uts_ns, no_new_privs, seccomp, uid, pdeathsig, rlimits. mount_ns
+ * joins the template view (view.py) when ``mount_ns_fd`` is one, else makes the host's
+ * mounts read-only. ``rlimits``
  * is packed (int resource, uint64 soft, uint64 hard) entries; what_failed is then the
  * failing entry's index. A failure stops at once (the caller turns it into the step's
  * IsolationError); the child never runs an action after one.
@@ -81,9 +84,10 @@ static PyObject *
 native_prepare(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"channel", "stdout", "stderr", "net_ns_fd", "ipc_ns_fd",
-                             "uts_ns_fd", "scratch_view", "tmpfs_options", "uid",
-                             "seccomp_filter", "expected_parent", "in_pid_ns", "rlimits", NULL};
-    int chan, out, err, netfd, ipcfd, utsfd, uid, expected_parent, in_pid_ns;
+                             "uts_ns_fd", "mount_ns_fd", "scratch_view", "tmpfs_options",
+                             "uid", "seccomp_filter", "expected_parent", "in_pid_ns",
+                             "rlimits", NULL};
+    int chan, out, err, netfd, ipcfd, utsfd, mntfd, uid, expected_parent, in_pid_ns;
     const char *view, *tmpfs_options, *rlimits;
     Py_ssize_t rlimits_size, k;
     unsigned long long fprog;
@@ -96,10 +100,10 @@ native_prepare(PyObject *self, PyObject *args, PyObject *kwargs)
     int devnull;
 
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$iiiiiiyyiKipy#", kwlist, &chan, &out,
-                                     &err, &netfd, &ipcfd, &utsfd, &view, &tmpfs_options,
-                                     &uid, &fprog, &expected_parent, &in_pid_ns, &rlimits,
-                                     &rlimits_size))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$iiiiiiiyyiKipy#", kwlist, &chan, &out,
+                                     &err, &netfd, &ipcfd, &utsfd, &mntfd, &view,
+                                     &tmpfs_options, &uid, &fprog, &expected_parent,
+                                     &in_pid_ns, &rlimits, &rlimits_size))
         return NULL;
 
 #define FAIL(step, text) do { failed = (step); error = errno; what = (text); goto done; } while (0)
@@ -127,7 +131,10 @@ native_prepare(PyObject *self, PyObject *args, PyObject *kwargs)
         ipcfd = above_channel(ipcfd);
     if (utsfd >= 0)
         utsfd = above_channel(utsfd);
-    if (devnull < 0 || chan < 0 || out < 0 || err < 0 || netfd < -1 || ipcfd < -1 || utsfd < -1)
+    if (mntfd >= 0)
+        mntfd = above_channel(mntfd);
+    if (devnull < 0 || chan < 0 || out < 0 || err < 0 || netfd < -1 || ipcfd < -1 ||
+            utsfd < -1 || mntfd < -1)
         FAIL(S_FDS, "fcntl(F_DUPFD_CLOEXEC)");
     if (dup2(devnull, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0 ||
             dup3(chan, CHANNEL_FD, O_CLOEXEC) < 0)
@@ -144,14 +151,26 @@ native_prepare(PyObject *self, PyObject *args, PyObject *kwargs)
         FAIL(S_NET, "setns");
     DONE(S_NET);
 
-    if (unshare(CLONE_NEWNS) < 0)
-        FAIL(S_MOUNT, "unshare(mnt)");
-    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
-        FAIL(S_MOUNT, "mount /");
-    if (in_pid_ns && mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
-        FAIL(S_MOUNT, "mount /proc");
-    if (syscall(SYS_mount_setattr, AT_FDCWD, "/", AT_RECURSIVE, &attr, sizeof attr) < 0)
-        FAIL(S_MOUNT, "mount_setattr /");
+    if (mntfd >= 0) {  /* a copy of the template view: its root becomes ours */
+        if (setns(mntfd, CLONE_NEWNS) < 0)
+            FAIL(S_MOUNT, "setns(mnt)");
+        close(mntfd);
+        if (unshare(CLONE_NEWNS) < 0)
+            FAIL(S_MOUNT, "unshare(mnt)");
+        if (in_pid_ns && mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                               NULL) < 0)
+            FAIL(S_MOUNT, "mount /proc");
+    } else {  /* the host's mounts, read-only */
+        if (unshare(CLONE_NEWNS) < 0)
+            FAIL(S_MOUNT, "unshare(mnt)");
+        if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+            FAIL(S_MOUNT, "mount /");
+        if (in_pid_ns && mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                               NULL) < 0)
+            FAIL(S_MOUNT, "mount /proc");
+        if (syscall(SYS_mount_setattr, AT_FDCWD, "/", AT_RECURSIVE, &attr, sizeof attr) < 0)
+            FAIL(S_MOUNT, "mount_setattr /");
+    }
     if (mount("tmpfs", view, "tmpfs", MS_NOSUID | MS_NODEV, tmpfs_options) < 0)
         FAIL(S_MOUNT, "mount tmpfs");
     if (chdir(view) < 0)

@@ -55,15 +55,18 @@ def host_facts(seccomp_library: Optional[str] = None) -> Dict[str, Any]:
     return facts
 
 
-def probe(isolation_policy=None, seccomp_library: Optional[str] = None) -> Dict[str, Any]:
-    """Host facts + per-step verdicts from one real sandboxed ``std.noop``."""
+def probe(isolation_policy=None, seccomp_library: Optional[str] = None,
+          extra_path=()) -> Dict[str, Any]:
+    """Host facts + per-step verdicts from one real sandboxed ``std.noop``; an error
+    when a required step fails, or when sandbox uids cannot read a module directory
+    (the Python installation, ``extra_path``) even in the view they get."""
     from mistral_sandbox.sandbox import Sandbox, SandboxError
 
     policy = steps.make_policy(isolation_policy)
     result: Dict[str, Any] = {"host": host_facts(seccomp_library), "policy": policy}
     try:
         with Sandbox(max_workers=1, isolation=isolation_policy, warm=0, wait_exit=True,
-                     seccomp_library=seccomp_library) as sb:
+                     seccomp_library=seccomp_library, extra_path=extra_path) as sb:
             result["zygote"] = {k: v for k, v in sb.zygote_info.items() if k != "op"}
             outcome = sb.run("std.noop", limits={"timeout": "10s"})
     except SandboxError as exc:
@@ -96,7 +99,12 @@ def probe(isolation_policy=None, seccomp_library: Optional[str] = None) -> Dict[
                          "reason": why, "what": step.what,
                          "cost_us": report.get("cost_us", {}).get(step.name)})
     result["steps"] = verdicts
-    result["ok"] = outcome.exit_reason == "ok"
+    unreadable = result["zygote"].get("unreadable_paths")
+    if unreadable and not result.get("error"):
+        result["error"] = ("sandbox uids cannot read %s: actions can import from there only "
+                           "what the zygote preloaded (give the directories o+rx)"
+                           % ", ".join(unreadable))
+    result["ok"] = outcome.exit_reason == "ok" and not result.get("error")
     return result
 
 
@@ -112,9 +120,8 @@ def format_human(result: Dict[str, Any]) -> str:
         lines.append("children: namespaces %s; native isolation %s" % (
             ", ".join("%s %s" % kv for kv in z.get("namespaces", {}).items()) or "per child",
             z.get("native_isolation", "?")))
-    if z.get("unreadable_paths"):
-        lines.append("warning: sandbox uids cannot read %s (only preloaded modules importable "
-                     "from there)" % ", ".join(z["unreadable_paths"]))
+        lines.append("file system view: %s; scratch at %s"
+                     % (z.get("view", "?"), z.get("scratch_view", "?")))
     for s in result["steps"]:
         cost = " (%d µs)" % s["cost_us"] if s.get("cost_us") is not None else ""
         line = "%-9s %-13s [%s] %s%s" % (s["verdict"], s["step"], s["policy"], s["what"], cost)

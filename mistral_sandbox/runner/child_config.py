@@ -39,9 +39,11 @@ class ChildConfig:
     TMPDIR); ``scratch_tmpfs``: its size in bytes, None for a directory on the host.
     ``seccomp``: network allowed -> compiled filter (empty when unavailable, with
     ``seccomp_unavailable`` saying why). ``shared_ns``: CLONE_NEW* flag -> fd of the
-    namespace children join. ``pid_ns``: children are forked into pid namespaces of
-    their own. ``native``: set when children isolate through the C helper.
-    ``unreadable_paths``: ``sys.path`` entries a sandbox uid cannot read (for hints).
+    namespace children join. ``views``: network allowed -> fd of the template mount
+    namespace a child copies (:mod:`.view`; empty: children see the host read-only).
+    ``pid_ns``: children are forked into pid namespaces of their own. ``native``: set
+    when children isolate through the C helper. ``unreadable_paths``: module
+    directories a sandbox uid cannot read in what it sees (for hints).
     """
 
     zygote_pid: int
@@ -54,6 +56,7 @@ class ChildConfig:
     seccomp: Mapping[bool, Any]
     seccomp_unavailable: str
     shared_ns: Mapping[int, int]
+    views: Mapping[bool, int]
     pid_ns: bool
     native: Optional[NativePlan] = None
     unreadable_paths: Tuple[str, ...] = ()

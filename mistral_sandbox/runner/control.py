@@ -41,7 +41,7 @@ HELLO, WARM, TAKEN, FORK, FORKED, FORK_FAILED, KILL, EXIT = (
 # op -> fields every such message must carry
 REQUIRED_FIELDS: Dict[str, Tuple[str, ...]] = {
     HELLO: ("pid", "root", "uids", "unreadable_paths", "seccomp", "namespaces",
-            "native_isolation", "policy"),
+            "native_isolation", "view", "policy"),
     WARM: ("slots",),
     TAKEN: ("slots",),
     FORK: ("id", "network"),

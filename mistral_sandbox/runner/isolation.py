@@ -95,7 +95,7 @@ def apply_step(report: Report, policy, step: str, fn, *args) -> Any:
 class _Isolating:
     """One child's isolation in progress: what the steps read and leave for each other."""
 
-    __slots__ = ("report", "config", "spec", "pid_ns", "shared", "unshared")
+    __slots__ = ("report", "config", "spec", "pid_ns", "shared", "unshared", "view")
 
     def __init__(self, report: Report, config: ChildConfig, spec: ChildSpec,
                  pid_ns: Optional[str]):
@@ -105,6 +105,7 @@ class _Isolating:
         self.pid_ns = pid_ns  # "": forked as pid 1 of a new pid namespace; else why not
         self.shared: Dict[int, int] = {}  # namespaces to join: flag -> fd (moved by fds)
         self.unshared = 0  # CLONE_NEW* flags already unshared together
+        self.view: Optional[int] = None  # the template mount namespace (moved by fds)
 
     def applied(self, step: str) -> bool:
         return step in self.report.applied
@@ -117,18 +118,22 @@ def _fds(run: _Isolating) -> None:
     join kept (moved above 3); every other fd closed."""
     shared = {flag: fd for flag, fd in run.config.shared_ns.items()
               if not (flag == linux.CLONE_NEWNET and run.spec.network)}
+    view = run.config.views.get(run.spec.network)
+    if view is not None and run.config.policy.get("mount_ns") != OFF:
+        shared[linux.CLONE_NEWNS] = view
     devnull = os.open(os.devnull, os.O_RDWR)
     # move what we keep above 3 first, so the dup2s below cannot clobber it
     moved = [fd if fd > CHANNEL_FD else fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
              for fd in (devnull,) + tuple(run.spec.stdio) + tuple(shared.values())]
     devnull, channel, out, err = moved[:4]
     run.shared = dict(zip(shared, moved[4:]))
+    run.view = run.shared.pop(linux.CLONE_NEWNS, None)
     os.dup2(devnull, 0)
     os.dup2(out, 1)
     os.dup2(err, 2)
     os.dup2(channel, CHANNEL_FD, inheritable=False)
     low = CHANNEL_FD + 1
-    for fd in sorted(run.shared.values()) + [_max_fd()]:
+    for fd in sorted(moved[4:]) + [_max_fd()]:
         if fd > low:
             os.closerange(low, fd)
         low = fd + 1
@@ -229,10 +234,22 @@ def tmpfs_options(size: int, uid: Optional[int]) -> bytes:
 
 
 def _mount_ns(run: _Isolating) -> None:
-    """Private mount namespace: everything read-only but the scratch directory, seen at
-    the scratch view (a new tmpfs of ``scratch_tmpfs`` bytes owned by the sandbox uid,
-    or the host directory ``spec.scratch`` bind-mounted); a /proc of its own."""
+    """Private mount namespace: a copy of the template view (:mod:`.view`) where there
+    is one, else the host read-only; its own /proc (with a pid namespace); the scratch
+    directory writable at the scratch view: a new tmpfs of ``scratch_tmpfs`` bytes
+    owned by the sandbox uid, or the host directory ``spec.scratch`` mounted there."""
     config, policy = run.config, run.config.policy
+    tree = None
+    if config.scratch_tmpfs is None:
+        _make_host_scratch(run.spec)
+        if run.view is not None:  # its path is out of the view: take it along
+            tree = linux.open_tree(run.spec.scratch)
+    if run.view is not None:
+        view_fd, run.view = run.view, None
+        try:
+            linux.setns(view_fd, linux.CLONE_NEWNS)  # (root and cwd: the view's root)
+        finally:
+            os.close(view_fd)
     flags = 0  # one unshare for mnt, ipc and uts where they are not shared
     for step, flag in (("mount_ns", linux.CLONE_NEWNS), ("ipc_ns", linux.CLONE_NEWIPC),
                        ("uts_ns", linux.CLONE_NEWUTS)):
@@ -241,12 +258,35 @@ def _mount_ns(run: _Isolating) -> None:
     if linux.try_unshare(flags):
         run.unshared = flags
     _unshare_once(run, linux.CLONE_NEWNS, "mnt")
+    if config.views:
+        _mount_on_view(run, tree)
+    else:
+        _mount_on_host(run)
+    run.report.ok("mount_ns")
+
+
+def _mount_on_view(run: _Isolating, tree: Optional[int]) -> None:
+    if run.applied("pid_ns"):  # a /proc that shows only this namespace's processes
+        linux.mount("proc", "/proc", "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
+    view = run.config.scratch_view
+    if tree is None:
+        linux.mount("tmpfs", view, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV,
+                    tmpfs_options(run.config.scratch_tmpfs, run.spec.uid))
+        return
+    try:
+        linux.move_mount(tree, view)
+    finally:
+        os.close(tree)
+    linux.mount_setattr(view, 0, linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV, 0)
+
+
+def _mount_on_host(run: _Isolating) -> None:
+    """Without a template (not root): the host's mount table, made read-only; the
+    scratch mounted last, so that a failure leaves nothing half-mounted over the
+    directory the scratch step then uses."""
+    config = run.config
     view = config.scratch_view or run.spec.scratch
     linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
-    if config.scratch_tmpfs is None:
-        _make_host_scratch(run.spec)
-        linux.mount(run.spec.scratch, view, None, linux.MS_BIND | linux.MS_NOSUID |
-                    linux.MS_NODEV)
     if run.applied("pid_ns"):
         linux.mount("proc", "/proc", "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
     try:
@@ -257,16 +297,23 @@ def _mount_ns(run: _Isolating) -> None:
         linux.mount(None, "/", None, linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY)
         run.report.skip("mount_ns:recursive_ro", "mount_setattr unavailable: only / is "
                         "read-only")
-    if config.scratch_tmpfs is None:
-        linux.mount_setattr(view, 0, 0, linux.MOUNT_ATTR_RDONLY)
-    else:  # (mounted after the read-only pass: stays writable)
+    if config.scratch_tmpfs is not None:  # (mounted after the read-only pass: writable)
         linux.mount("tmpfs", view, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV,
                     tmpfs_options(config.scratch_tmpfs, run.spec.uid))
-    run.report.ok("mount_ns")
+        return
+    linux.mount(run.spec.scratch, view, None, linux.MS_BIND | linux.MS_NOSUID | linux.MS_NODEV)
+    try:  # a bind keeps its source's read-only flag: clear it
+        linux.mount_setattr(view, 0, 0, linux.MOUNT_ATTR_RDONLY)
+    except OSError:
+        linux.umount(view)
+        raise
 
 
 def _make_host_scratch(spec: ChildSpec) -> None:
-    os.mkdir(spec.scratch, 0o700)
+    try:
+        os.mkdir(spec.scratch, 0o700)
+    except FileExistsError:  # (made by a mount_ns step that then failed)
+        pass
     if spec.uid is not None:
         os.chown(spec.scratch, spec.uid, spec.uid)
 
@@ -401,8 +448,8 @@ def prepare(report: Report, config: ChildConfig, spec: ChildSpec,
     except IsolationError as exc:
         return exc
     finally:
-        for fd in run.shared.values():  # not joined (a step was skipped or failed)
-            os.close(fd)
+        for fd in list(run.shared.values()) + ([run.view] if run.view is not None else []):
+            os.close(fd)  # not joined (a step was skipped, off or failed)
     return None
 
 
@@ -425,7 +472,8 @@ def native_args(config: ChildConfig, plan: NativePlan, stdio: Tuple[int, int, in
                        for res, _, soft, hard in config.ceiling_plan) if warm else b""
     return {"channel": stdio[0], "stdout": stdio[1], "stderr": stdio[2],
             "net_ns_fd": shared[linux.CLONE_NEWNET], "ipc_ns_fd": shared[linux.CLONE_NEWIPC],
-            "uts_ns_fd": shared[linux.CLONE_NEWUTS], "scratch_view": plan.scratch_view,
+            "uts_ns_fd": shared[linux.CLONE_NEWUTS], "mount_ns_fd": config.views.get(False, -1),
+            "scratch_view": plan.scratch_view,
             "tmpfs_options": plan.tmpfs_options + b",uid=%d,gid=%d" % (uid, uid),
             "uid": uid, "seccomp_filter": plan.seccomp_filter, "expected_parent": 0,
             "in_pid_ns": True, "rlimits": rlimits}

@@ -37,14 +37,21 @@ MS_PRIVATE = 1 << 18
 AT_FDCWD = -100
 AT_RECURSIVE = 0x8000
 MOUNT_ATTR_RDONLY = 0x1
-SYS_MOUNT_SETATTR = 442  # the same number on every architecture (new syscall table)
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = 0o2000000
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+# the same numbers on every architecture (the new, common syscall table)
+SYS_OPEN_TREE, SYS_MOVE_MOUNT, SYS_MOUNT_SETATTR = 428, 429, 442
 
 HOSTNAME = b"sandbox"
 
 _libc = ctypes.CDLL(None, use_errno=True)
 # Resolved now, in the zygote: a CDLL attribute is created on first access, which a
 # fresh child would otherwise pay for in allocations and copy-on-write faults.
-for _name in ("prctl", "capset", "unshare", "mount", "syscall", "setns", "sethostname"):
+for _name in ("prctl", "capset", "unshare", "mount", "umount2", "syscall", "setns",
+              "sethostname"):
     getattr(_libc, _name)
 # The same libc, called with the GIL held (for fork: see fork_light).
 _libc_gil = ctypes.PyDLL(None, use_errno=True)
@@ -105,6 +112,28 @@ def mount_setattr(path: str, flags: int, attr_set: int, attr_clr: int) -> None:
     check(_libc.syscall(ctypes.c_long(SYS_MOUNT_SETATTR), ctypes.c_int(AT_FDCWD),
                         path.encode(), ctypes.c_uint(flags), ctypes.byref(attr),
                         ctypes.c_size_t(ctypes.sizeof(attr))), "mount_setattr %s" % path)
+
+
+def umount(path: str) -> None:
+    """Detach the mount at ``path`` (MNT_DETACH)."""
+    check(_libc.umount2(path.encode(), ctypes.c_int(2)), "umount %s" % path)
+
+
+def open_tree(path: str) -> int:
+    """A detached copy of the mount at ``path`` (to attach in another namespace)."""
+    fd = _libc.syscall(ctypes.c_long(SYS_OPEN_TREE), ctypes.c_int(AT_FDCWD), path.encode(),
+                       ctypes.c_uint(OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, "open_tree %s: %s" % (path, os.strerror(err)))
+    return fd
+
+
+def move_mount(fd: int, target: str) -> None:
+    """Attach the detached mount ``fd`` at ``target``."""
+    check(_libc.syscall(ctypes.c_long(SYS_MOVE_MOUNT), ctypes.c_int(fd), b"",
+                        ctypes.c_int(AT_FDCWD), target.encode(),
+                        ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH)), "move_mount %s" % target)
 
 
 class _CapHeader(ctypes.Structure):

@@ -45,8 +45,9 @@ STEPS: Tuple[Step, ...] = (
          "own processes, and all of them die with it", native=False),
     Step("net_ns", BEST_EFFORT, "network namespace without network: no interface but a down "
          "loopback (the zygote's shared one as root, else its own)", native=True),
-    Step("mount_ns", BEST_EFFORT, "mount namespace: the host read-only, a private /proc, "
-         "only the scratch directory writable", native=True),
+    Step("mount_ns", BEST_EFFORT, "mount namespace: a minimal read-only view (the Python "
+         "installation, shared libraries, a few devices; no /etc, no ptys), a private /proc, "
+         "only the scratch directory writable (not root: the host read-only)", native=True),
     Step("scratch", REQUIRED, "private scratch directory as cwd, HOME and TMPDIR (a tmpfs "
          "of scratch_size bytes, else a directory removed afterwards)", native=False),
     Step("ipc_ns", BEST_EFFORT, "IPC namespace: none of the host's IPC objects (the "

@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Tuple
 import _signal
 
 from mistral_sandbox.runner import child as child_mod
-from mistral_sandbox.runner import control, isolation, linux, native_plan, seccomp
+from mistral_sandbox.runner import control, isolation, linux, native_plan, seccomp, view
 from mistral_sandbox.runner.child_config import ChildConfig, ChildSpec
 from mistral_sandbox.runner.reaper import DRAIN_POLL_MS, ChildRecord, Reaper, remove_tree
 from mistral_sandbox.runner.steps import OFF, REQUIRED
@@ -162,19 +162,36 @@ class Zygote:
             self.pidns_forker = linux.PidNamespaceForker(pidns_fd, _native_fork())
         shared, namespaces = shared_namespaces(policy, self.root, s.get("share_namespaces", True))
         programs, unavailable = seccomp_programs(policy, s.get("seccomp_library"))
-        unreadable = tuple(unreadable_paths(sys.path)) if self.root else ()
+        views, scratch_view, view_state, unreadable = self._views(policy)
+        isolation.scrub_base_environment(scratch_view)  # (HOME and TMPDIR: the scratch)
         config = ChildConfig(
             zygote_pid=self.pid, max_frame=int(s["max_frame"]), policy=policy, ceiling=ceiling,
-            ceiling_plan=tuple(isolation.rlimit_plan(ceiling)), scratch_view=self.scratch_root,
+            ceiling_plan=tuple(isolation.rlimit_plan(ceiling)), scratch_view=scratch_view,
             scratch_tmpfs=s.get("scratch_size"), seccomp=programs,
-            seccomp_unavailable=unavailable, shared_ns=shared,
-            pid_ns=self.pidns_forker is not None, unreadable_paths=unreadable)
+            seccomp_unavailable=unavailable, shared_ns=shared, views=views,
+            pid_ns=self.pidns_forker is not None, unreadable_paths=tuple(unreadable))
         config, native = native_plan.plan(config, s.get("native_isolation", True), self.root,
                                           self.uids.peek(), self.fork_child)
         self.facts = {"unreadable_paths": list(unreadable), "seccomp": unavailable or "ok",
                       "namespaces": namespaces, "native_isolation": native,
+                      "view": view_state, "scratch_view": scratch_view,
                       "policy": dict(policy)}
         return config
+
+    def _views(self, policy) -> Tuple[Dict[bool, int], str, str, List[str]]:
+        """The template views children copy (as root, with the mount_ns step on): (fds,
+        where children see their scratch, "minimal" or why the host is seen instead,
+        module directories sandbox uids cannot read in what they see)."""
+        paths = view.module_path()
+        if not self.root:
+            return {}, self.scratch_root, "host, read-only (not root)", []
+        if policy.get("mount_ns") == OFF:
+            return {}, self.scratch_root, "host (mount_ns is off)", unreadable_paths(paths)
+        try:
+            fds, scratch = view.build_all(self.scratch_root, paths)
+        except view.ViewUnavailable as exc:
+            return {}, self.scratch_root, "host, read-only (%s)" % exc, unreadable_paths(paths)
+        return fds, scratch, "minimal", view.unreadable(view.plan(paths, False)["dirs"])
 
     def fork_child(self, spec: ChildSpec, run=None) -> Tuple[int, bool]:
         """Fork a child that runs ``run(pid_ns)`` (default: :func:`child.main` with our
@@ -331,8 +348,7 @@ def main() -> None:
     os.close(devnull)
     os.umask(0o077)
     linux.own_session()  # (the supervisor starts us in a new session already)
-    # once, for every child: HOME and TMPDIR are where a child sees its scratch
-    isolation.scrub_base_environment(settings["scratch_root"])
+    isolation.scrub_base_environment()  # (HOME and TMPDIR once the view is known)
     sys.path[:0] = settings.get("extra_path", [])
     for name in settings.get("preload", ()):
         importlib.import_module(name)

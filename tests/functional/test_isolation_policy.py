@@ -162,3 +162,17 @@ def test_pid_namespace_forker(case):
     else:
         assert res["why"] == "unshare(pid): %s" % os.strerror(1)
         assert res["child"]["pid"] == res["pid"] and res["child"]["why"] == res["why"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="sandbox uids exist as root only")
+def test_check_fails_when_sandbox_uids_cannot_read_a_module_directory(tmp_path):
+    """A module directory that is itself 0700: the view cannot make it readable, and
+    check says so (FAILS, exit 1) instead of reporting every required step enforced."""
+    from mistral_sandbox.runner import check
+    pack = tmp_path / "pack"
+    pack.mkdir(mode=0o700)
+    result = check.probe(extra_path=[str(pack)])
+    assert result["ok"] is False
+    assert result["error"].startswith("sandbox uids cannot read %s" % pack)
+    assert "ERROR: sandbox uids cannot read" in check.format_human(result)
+    assert check.probe()["ok"] is True  # (the installation itself is readable)

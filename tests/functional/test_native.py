@@ -43,7 +43,7 @@ def test_native_and_python_steps_give_the_same_report_and_the_same_child(no_leak
     assert native_state == "on" and python_state == "off (disabled)"
     assert n.isolation["applied"] == p.isolation["applied"]
     assert n.isolation["skipped"] == p.isolation["skipped"]
-    assert a["cwd"] == "<scratch>"
+    assert a["cwd"] == b["cwd"] == "/tmp"  # the scratch directory, in the minimal view
     for key in ("cwd", "env", "fds", "pgid_is_pid", "pid", "pgid", "session_leader", "tty",
                 "visible_pids"):
         assert a[key] == b[key], key
@@ -104,7 +104,7 @@ ipc = os.open("/proc/self/ns/ipc", os.O_RDONLY)
 uts = os.open("/proc/self/ns/uts", os.O_RDONLY)
 failed, err, what, costs = _native.prepare(
     channel=b.fileno(), stdout=1, stderr=2, net_ns_fd=net, ipc_ns_fd=ipc, uts_ns_fd=uts,
-    scratch_view=b"/nonexistent/view", tmpfs_options=b"size=1048576", uid=65534,
+    mount_ns_fd=-1, scratch_view=b"/nonexistent/view", tmpfs_options=b"size=1048576", uid=65534,
     seccomp_filter=0, expected_parent=os.getppid(), in_pid_ns=False, rlimits=b"")
 print(json.dumps([steps.NATIVE_ORDER[failed], os.strerror(err), what, os.getuid(),
                   sorted(int(f) for f in os.listdir("/proc/self/fd"))[:4]]))
@@ -134,7 +134,7 @@ config = ChildConfig(
     zygote_pid=os.getppid(), max_frame=1 << 20, policy={}, ceiling={"number_files": 100},
     ceiling_plan=((resource.RLIMIT_NOFILE, "number_files", 100, 10),), scratch_view=view,
     scratch_tmpfs=1 << 20, seccomp={False: program}, seccomp_unavailable="",
-    shared_ns=shared, pid_ns=False,
+    shared_ns=shared, views={}, pid_ns=False,
     native=NativePlan(_native.prepare, view.encode(), b"size=1048576,mode=0700",
                       program.address))
 a, b = socket.socketpair()

@@ -24,7 +24,7 @@ def test_scratch_is_a_private_tmpfs_of_the_configured_size(sandbox, clean):
     _mount_ns(out)
     d = out.result.data
     assert d["size"] == DEFAULT_SCRATCH_SIZE and d["inodes"] == DEFAULT_SCRATCH_SIZE // 4096
-    assert d["cwd"] == sandbox.scratch_dir and d["mode"] == 0o700
+    assert d["cwd"] == sandbox.scratch_view and d["mode"] == 0o700
     assert d["uid"] == d["my_uid"]  # its own, writable
     assert d["entries"] == ["mine.txt"]  # nothing of any other execution
     # nothing was created on the host for it

@@ -108,11 +108,11 @@ def test_host_processes_are_not_visible_in_its_pid_namespace(sandbox, then_works
 
 
 def test_reading_host_proc_files_without_a_pid_namespace(no_leaks, canary_process):
-    """Without the pid namespace host processes are visible (their cmdline can be read),
-    but their environment and memory cannot: the permission layer refuses an
-    unprivileged uid what ptrace would allow."""
+    """Without the pid namespace (and the minimal view, which then has no /proc) host
+    processes are visible (their cmdline can be read), but their environment and memory
+    cannot: the permission layer refuses an unprivileged uid what ptrace would allow."""
     with Sandbox(max_workers=1, warm=0, extra_path=[FIXTURES],
-                 isolation={"pid_ns": "off"}) as sb:
+                 isolation={"pid_ns": "off", "mount_ns": "off"}) as sb:
         pids = [os.getpid(), sb.zygote_info["pid"], canary_process, 1]
         out = sb.run(H + "ReadsProc", {"pids": pids})
     assert out.exit_reason == "ok", out.message
@@ -199,14 +199,17 @@ def test_writing_outside_the_scratch_directory(sandbox, then_works, shared_tmp_p
     world-writable directory it can reach (so the file system view stops it, not the
     directory's permissions)."""
     readable_by_sandbox_uids(shared_tmp_path, 0o777)
-    targets = ["/tmp/ms-hostile", "/dev/shm/ms-hostile", os.path.join(shared_tmp_path, "x"),
-               os.path.join(sandbox.scratch_root, "x"), "/etc/ms-hostile"]
+    targets = ["/var/tmp/ms-hostile", "/dev/shm/ms-hostile", os.path.join(shared_tmp_path, "x"),
+               os.path.join(sandbox.scratch_root, "x"), "/etc/ms-hostile", "/usr/ms-hostile"]
     out = sandbox.run(H + "WritesOutside", {"paths": targets})
     assert out.exit_reason == "ok", out.message
     assert "mount_ns" in out.isolation["applied"]
     data = out.result.data
-    assert data.pop("scratch") == "ok:%r" % os.path.join(sandbox.scratch_dir, "mine.txt")
-    assert data == {path: "denied:EROFS" for path in targets}
+    assert data.pop("scratch") == "ok:%r" % os.path.join(sandbox.scratch_view, "mine.txt")
+    # read-only where the view has the directory, absent where it does not
+    assert set(data) == set(targets)
+    assert set(data.values()) <= {"denied:EROFS", "denied:ENOENT"}, data
+    assert data["/usr/ms-hostile"] == "denied:EROFS"
     assert [p for p in targets if os.path.exists(p)] == []
 
 
@@ -220,7 +223,9 @@ def test_reading_another_executions_scratch(sandbox, then_works):
     assert victim.result(timeout=60).ok
     assert out.exit_reason == "ok"
     assert out.result.data["found"] == []
-    if "mount_ns" in out.isolation["applied"]:
+    if sandbox.zygote_info["view"] == "minimal":  # the host's scratch root is not in it
+        assert out.result.data["listing"] == "denied:ENOENT"
+    elif "mount_ns" in out.isolation["applied"]:
         # its own scratch directory is mounted over the directory of all of them
         assert out.result.data["listing"] == "ok:[]"
     else:
@@ -299,11 +304,15 @@ def test_namespace_and_privilege_escapes(sandbox, then_works):
     assert data["hostname"] == "sandbox"
 
 
-def test_setuid_binary_gives_no_privilege(sandbox, then_works):
-    out = sandbox.run(H + "ExecsSetuidBinary", limits={"timeout": "20s"})
-    assert out.exit_reason == "ok", out.message + out.stderr
-    if ROOT:  # still its own sandbox uid after running a setuid-root binary
-        assert int(out.result.data["euid_in_child"]) in claimed_uids(sandbox)
+def test_setuid_binary_gives_no_privilege(no_leaks):
+    """The minimal view has no setuid binary at all; in the host's view (mount_ns off)
+    no_new_privs makes one run without its privileges."""
+    with Sandbox(max_workers=1, warm=0, extra_path=[FIXTURES],
+                 isolation={"mount_ns": "off"}) as sb:
+        out = sb.run(H + "ExecsSetuidBinary", limits={"timeout": "20s"})
+        assert out.exit_reason == "ok", out.message + out.stderr
+        if ROOT:  # still its own sandbox uid after running a setuid-root binary
+            assert int(out.result.data["euid_in_child"]) in claimed_uids(sb)
 
 
 def test_host_secrets_unreadable(sandbox, then_works):
