@@ -70,11 +70,13 @@ def usage() -> Dict[str, Any]:
 
 
 class Channel:
-    """Blocking frame writer on the child's channel; remembers whether it broke."""
+    """Blocking frame writer on the child's channel; remembers whether it broke.
+    Frames above ``max_frame`` bytes are refused (ProtocolError)."""
 
-    def __init__(self, sock, exec_id: Optional[int]):
+    def __init__(self, sock, exec_id: Optional[int], max_frame: int):
         self.sock = sock
         self.exec_id = exec_id
+        self.max_frame = max_frame
         self.broken = False
 
     def send_raw(self, frame: bytes) -> bool:
@@ -88,23 +90,25 @@ class Channel:
             return False
 
     def send(self, msg: Dict[str, Any]) -> bool:
-        return self.send_raw(protocol.encode(msg))
+        return self.send_raw(protocol.encode(msg, self.max_frame))
 
     def error(self, kind: str, message: str, exc: Optional[BaseException] = None) -> bool:
-        """Send an error frame; never raises (bounded texts, a minimal frame as fallback)."""
+        """Send an error frame of at most ERROR_FRAME_MAX bytes; never raises (bounded
+        texts, then no traceback, then a minimal frame)."""
         msg = {"type": "error", "id": self.exec_id, "kind": kind,
                "message": bounded(message), "usage": usage()}
+        limit = min(self.max_frame, protocol.ERROR_FRAME_MAX)
         try:
             if exc is not None:
                 msg["exc_type"] = "%s.%s" % (type(exc).__module__, type(exc).__qualname__)
                 msg["traceback"] = bounded("".join(traceback.format_exception(
                     type(exc), exc, exc.__traceback__, limit=-TRACEBACK_FRAMES)), tail=True)
-            return self.send(msg)
+            return self.send_raw(protocol.encode(msg, limit))
         except BaseException:
             msg.pop("traceback", None)
             try:
                 msg["message"] = bounded(msg["message"], 1024)
-                return self.send(msg)
+                return self.send_raw(protocol.encode(msg, limit))
             except BaseException:
                 return self.send_raw(protocol.encode({
                     "type": "error", "id": self.exec_id, "kind": kind,
@@ -336,7 +340,7 @@ def _serve(config: ChildConfig, spec: ChildSpec, report: isolation.Report,
         _stderr_note("mistral-sandbox child: %s" % error)
         return EXIT_CHANNEL_LOST
     sock = socket.socket(fileno=CHANNEL_FD)
-    channel = Channel(sock, spec.exec_id)
+    channel = Channel(sock, spec.exec_id, config.max_frame)
     LOG_FORWARDER.channel = channel
     if spec.exec_id is None:  # prepared ahead: rehearse while waiting
         rehearse(config.ceiling, report.to_dict())

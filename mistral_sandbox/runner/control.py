@@ -94,7 +94,11 @@ def decode(data: bytes) -> Dict[str, Any]:
 
 def send(sock: socket.socket, msg: Dict[str, Any], fds=()) -> None:
     """Send one message (with ``fds``); raises OSError if the peer is gone."""
-    data = encode(msg)
+    send_data(sock, encode(msg), fds)
+
+
+def send_data(sock: socket.socket, data: bytes, fds=()) -> None:
+    """Send one encoded message (with ``fds``)."""
     if fds:
         socket.send_fds(sock, [data], list(fds))
     else:

@@ -61,6 +61,32 @@ class Deadlines:
             self._stale = 0
 
 
+class Waker:
+    """A socketpair that wakes the I/O thread's select from another thread."""
+
+    def __init__(self):
+        self.reader, self._writer = socket.socketpair()
+        self.reader.setblocking(False)
+        self._writer.setblocking(False)
+
+    def wake(self) -> None:
+        try:
+            self._writer.send(b"x")
+        except OSError:  # (full: a wake-up is pending anyway)
+            pass
+
+    def drain(self, _mask: int) -> None:
+        try:
+            while self.reader.recv(4096):
+                pass
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.reader.close()
+        self._writer.close()
+
+
 class Engine:
     """Runs the executions of one sandbox on its own I/O thread (:meth:`run`)."""
 
@@ -73,27 +99,16 @@ class Engine:
         self.running: Dict[int, Execution] = {}
         self.by_slot: Dict[int, Execution] = {}
         self.deadlines = Deadlines()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self.sel.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
+        self._waker = Waker()
+        self.sel.register(self._waker.reader, selectors.EVENT_READ, self._waker.drain)
         self._cold_wait_until: Optional[float] = None
         self.killed_after_reply = 0
 
     # ------------------------------------------------------------ any thread
 
     def wake(self) -> None:
-        try:
-            self._wake_w.send(b"x")
-        except OSError:
-            pass
-
-    def _on_wake(self, _mask: int) -> None:
-        try:
-            while self._wake_r.recv(4096):
-                pass
-        except OSError:
-            pass
+        """Wake the I/O thread (from any thread): there is work for it."""
+        self._waker.wake()
 
     # ------------------------------------------------------------ the loop
 
@@ -112,8 +127,7 @@ class Engine:
         finally:
             self.link.close()
             self.sel.close()
-            self._wake_r.close()
-            self._wake_w.close()
+            self._waker.close()
 
     def _turn(self) -> bool:
         """One turn of the loop; False when it is time to stop. (Every turn runs for
@@ -192,7 +206,8 @@ class Engine:
             network = bool(ex.limits.network)
             if not pool.serves(network) and not ex.future.done() and \
                     self._waits_for_warm(ex, network):
-                intake.put_first(ex)  # (its future stays pending: cancellable)
+                if not intake.put_first(ex):  # (its future stays pending: cancellable)
+                    self._shut_out(ex)
                 break
             # the first attempt marks the future running (a cancelled one ends here);
             # an execution run again has done so already
@@ -315,15 +330,19 @@ class Engine:
             ex.deadline = grace
             self.deadlines.add(grace, ex.id)
 
+    def drain(self, ex: Execution) -> None:
+        """Read what the child has sent and written so far (nothing is delivered)."""
+        self._read_channel(ex)
+        self._read_output(ex, 1)
+        self._read_output(ex, 2)
+
     def finish(self, ex: Execution, exit_report: Optional[dict]) -> None:
         """The child is gone (``exit_report``: the zygote's; None: the zygote died or
         never forked it): drain what it left, close its ends, free its worker, and
         resolve it unless delivered already — or queue it again, once, if its prepared
         child died before starting it."""
         if exit_report is not None:  # what it wrote before it died
-            self._read_channel(ex)
-            self._read_output(ex, 1)
-            self._read_output(ex, 2)
+            self.drain(ex)
         ex.io.close(self.sel)
         self.running.pop(ex.id, None)
         if ex.deadline is not None:
@@ -338,12 +357,22 @@ class Engine:
                         "(status %s); running it in a fresh child", ex.id, ex.pid,
                         exit_report.get("status"))
             ex.requeue()
-            self.intake.put_first(ex)
+            if not self.intake.put_first(ex):
+                self._shut_out(ex)
             return
         delivered = ex.delivered
         ex.advance(State.EXITED)
         if not delivered:
             self.resolve(ex, outcome.build(ex, exit_report))
+
+    def _shut_out(self, ex: Execution) -> None:
+        """``ex`` cannot go back to the queue: a shutdown cancelled the queued work."""
+        ex.advance(State.EXITED)
+        if ex.future.cancel():
+            self.resolve(ex, None)
+        else:
+            self.resolve(ex, outcome.without_run(
+                ex, "cancelled", "the sandbox was shut down before the execution ran"))
 
     def resolve(self, ex: Execution, result: Optional[outcome.Outcome]) -> None:
         """Forget ``ex`` and complete its future (with ``result``; None: cancelled)."""

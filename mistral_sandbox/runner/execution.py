@@ -79,7 +79,7 @@ class Execution:
         self.attempts = 0
         max_result = limits.max_result_bytes
         self._max_reply = max_frame if max_result is None else \
-            min(max_frame, max_result + 64 * 1024)
+            min(max_frame, max(max_result + 64 * 1024, protocol.ERROR_FRAME_MAX + 4096))
         self._tail = min(limits.max_output_bytes or TAIL_BYTES, TAIL_BYTES)
         self.cold_wait_since: Optional[float] = None  # waiting for a prepared child since
         self.state = State.QUEUED
@@ -185,7 +185,8 @@ class Execution:
             return
         self.log_bytes += len(text)
         level = msg["level"]
-        self.logs.append({"level": level, "logger": msg.get("logger"), "msg": text})
+        self.logs.append({"level": level, "logger": self.redact(msg.get("logger")),
+                          "msg": text})
         if level > HOST_LOG_LEVEL:
             self.logs_capped += 1
             level = HOST_LOG_LEVEL

@@ -29,6 +29,7 @@ class Intake:
         self.closed = False     # no new work (shut down, or broken: closed_why says)
         self.closed_why = ""
         self.kill_all = False   # running executions are to be killed
+        self.dropped = False    # queued executions were cancelled by shutdown
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -43,12 +44,15 @@ class Intake:
             self._queue[ex.id] = ex
             self._by_future[ex.future] = ex
 
-    def put_first(self, ex: Execution) -> None:
+    def put_first(self, ex: Execution) -> bool:
         """Back at the head of the queue (run again, or waiting for a prepared child);
-        never refused."""
+        False once a shutdown has cancelled what was queued (the caller ends it)."""
         with self.lock:
+            if self.dropped:
+                return False
             self._queue[ex.id] = ex
             self._queue.move_to_end(ex.id, last=False)
+            return True
 
     def pop(self) -> Optional[Execution]:
         with self.lock:
@@ -101,6 +105,7 @@ class Intake:
                 self.closed, self.closed_why = True, "the sandbox is shut down"
             self.kill_all = self.kill_all or kill_running
             if cancel_queued:
+                self.dropped = True
                 queued = list(self._queue.values())
                 self._queue.clear()
                 for ex in queued:

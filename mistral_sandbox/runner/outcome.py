@@ -192,13 +192,13 @@ def classify_signal(limits, sig: int, usage: Usage) -> Tuple[str, str]:
 
 def _without_reply(ex, exit_report, status, sig, usage) -> Tuple[str, str]:
     """The reason of an execution whose child never replied."""
-    if sig is not None:
-        return classify_signal(ex.limits, sig, usage)
     if exit_report is None:
         return "sandbox_error", "the execution ended without an exit report"
     if not ex.isolation:  # no tenant code runs before the ready message: our side
         return "sandbox_error", "the sandboxed process ended before it started the " \
-            "action (exit status %s)" % status
+            "action (%s)" % ("signal %d" % sig if sig is not None else "exit status %s" % status)
+    if sig is not None:
+        return classify_signal(ex.limits, sig, usage)
     if status in (0, EXIT_CHANNEL_LOST):  # our runtime: it could not deliver the reply
         return "protocol_error", "the child closed its channel before replying (exit " \
             "status %s)" % status

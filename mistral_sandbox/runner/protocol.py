@@ -26,6 +26,9 @@ import msgpack
 VERSION = 1
 HEADER = struct.Struct(">I")
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
+# the largest error or log frame a child sends (its texts are cut to fit): a parent
+# reading replies must accept at least this much, whatever the result limit
+ERROR_FRAME_MAX = 256 * 1024
 MAX_DEPTH = 200
 
 

@@ -132,6 +132,7 @@ class SandboxSettings:
             "share_namespaces": bool(self.share_namespaces),
             "native_isolation": bool(self.native_isolation),
             "scratch_root": scratch_root,
+            "own_root": self.scratch_root is None,  # (a temporary root made for us)
             "ctl_fd": ctl_fd,
         }
 

@@ -88,6 +88,9 @@ def make_policy(overrides: Optional[Dict[str, str]] = None) -> Dict[str, str]:
         if level not in LEVELS:
             raise PolicyError("isolation step %s: level must be required, best_effort or off, "
                               "got %r" % (step, level))
+        if step == "fds" and level != REQUIRED:  # it sets up the channel itself
+            raise PolicyError("isolation step fds is always required: a child without it "
+                              "has no channel to receive its request on")
         policy[step] = level
     return policy
 

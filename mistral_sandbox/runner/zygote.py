@@ -117,6 +117,7 @@ class Zygote:
         self.ctl = ctl
         self.settings = settings
         self.pid = os.getpid()
+        self.supervisor_pid = os.getppid()
         self.root = os.geteuid() == 0
         self.scratch_root = settings["scratch_root"]
         self.facts: Dict[str, object] = {}
@@ -316,19 +317,19 @@ class Zygote:
             self.terminate()
 
     def terminate(self) -> None:
-        """Kill every child, remove what we made, and exit."""
+        """Kill every child, remove our generation's directory, and exit. If the
+        supervisor died (we were reparented) nobody else will clean up: then also our
+        log and the sandbox's own temporary root, once empty (never an operator's)."""
         self.reaper.terminate_all()
-        # if the supervisor died nobody else will clean up: our generation's directory,
-        # its log, and the sandbox's root if that leaves it empty
         remove_tree(self.scratch_root)
-        try:
-            os.unlink(self.scratch_root + ".stderr")
-        except OSError:
-            pass
-        try:
-            os.rmdir(os.path.dirname(self.scratch_root))
-        except OSError:
-            pass
+        if os.getppid() != self.supervisor_pid:
+            for cleanup in (lambda: os.unlink(self.scratch_root + ".stderr"),
+                            lambda: self.settings.get("own_root") and
+                            os.rmdir(os.path.dirname(self.scratch_root))):
+                try:
+                    cleanup()
+                except OSError:
+                    pass
         os._exit(0)
 
 

@@ -17,8 +17,9 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import mistral_sandbox
 from mistral_sandbox.runner import control
@@ -48,9 +49,15 @@ class ZygoteClient:
         self.ready = False          # said hello: serves requests
         self.generation = 0
         self.scratch_dir = ""       # this generation's directory
+        self.generation_dirs: List[str] = []
         self.restarts = 0
-        self.failed_attempts = 0    # restart attempts since the last death
+        self.attempts = 0           # restart attempts scheduled since the last death
+        self.failed_attempts = 0    # ... and failed
         self.last_error = ""
+        # messages the socket could not take at once (sent in order when it can), each
+        # (data, our own dups of its fds); on_backlog(True/False) tells the engine
+        self.outbox: List[Tuple[bytes, List[int]]] = []
+        self.on_backlog = None
         self.retry_at: Optional[float] = None
         self.hello_deadline: Optional[float] = None
 
@@ -66,12 +73,21 @@ class ZygoteClient:
             raise
 
     def spawn(self) -> None:
-        """Start a new generation's process; its hello comes later (:meth:`take_hello`)."""
+        """Start a new generation's process; its hello comes later (:meth:`take_hello`).
+        SandboxError if it cannot be started."""
+        try:
+            self._spawn()
+        except OSError as exc:
+            raise SandboxError("cannot start the zygote: %s" % exc) from None
+
+    def _spawn(self) -> None:
         self.generation += 1
-        gen_dir = os.path.join(self.scratch_root, "g%d" % self.generation)
-        os.mkdir(gen_dir, 0o711)
-        os.chmod(gen_dir, 0o711)  # (umask) sandbox uids may enter only their own dir
+        os.makedirs(self.scratch_root, mode=0o711, exist_ok=True)
+        # a name of its own (another sandbox may share the scratch root)
+        gen_dir = tempfile.mkdtemp(prefix="g%d-" % self.generation, dir=self.scratch_root)
+        os.chmod(gen_dir, 0o711)  # sandbox uids may enter only their own dir
         self.scratch_dir = gen_dir
+        self.generation_dirs.append(gen_dir)
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         settings = self.settings.zygote_settings(gen_dir, child.fileno())
         try:
@@ -86,13 +102,12 @@ class ZygoteClient:
                     cwd="/")
             try:
                 self.proc.stdin.write(json.dumps(settings).encode())
+                self.proc.stdin.close()
             except BrokenPipeError:
                 pass  # it died at once: its hello will not come, its stderr says why
-            finally:
-                self.proc.stdin.close()
-        except OSError as exc:
+        except BaseException:
             parent.close()
-            raise SandboxError("cannot start the zygote: %s" % exc) from None
+            raise
         finally:
             child.close()
         self.ctl = parent
@@ -115,7 +130,8 @@ class ZygoteClient:
                                   self._error_output() or "no error output"))
         self.ctl.setblocking(False)
         self.info, self.ready, self.hello_deadline = msg, True, None
-        self.failed_attempts, self.retry_at = 0, None
+        self.attempts = self.failed_attempts = 0
+        self.retry_at = None
         LOG.debug("zygote %d ready (root=%s)", msg["pid"], msg["root"])
         if msg["unreadable_paths"]:
             LOG.warning("sandbox uids cannot read %s: actions can import from there only "
@@ -134,24 +150,56 @@ class ZygoteClient:
             self.proc.wait()
 
     def send(self, msg: dict, fds=()) -> bool:
-        """Send a message; False if the zygote is gone (noticed on its socket)."""
+        """Send a message, or queue it (with dups of its fds) if the socket is full; False
+        if the zygote is gone (noticed on its socket). Never blocks."""
         if self.ctl is None or not self.ready:
             return False
-        try:
-            control.send(self.ctl, msg, fds)
-            return True
-        except OSError:
-            return False
+        data = control.encode(msg)
+        if not self.outbox:
+            try:
+                control.send_data(self.ctl, data, fds)
+                return True
+            except BlockingIOError:
+                pass
+            except OSError:
+                return False
+        self.outbox.append((data, [os.dup(fd) for fd in fds]))
+        if len(self.outbox) == 1 and self.on_backlog is not None:
+            self.on_backlog(True)
+        return True
 
-    def stop(self) -> None:
+    def flush(self) -> None:
+        """The socket is writable: send what is queued, in order."""
+        while self.outbox and self.ctl is not None:
+            data, fds = self.outbox[0]
+            try:
+                control.send_data(self.ctl, data, fds)
+            except BlockingIOError:
+                return
+            except OSError:
+                break  # gone: noticed on its socket
+            self.outbox.pop(0)
+            control.close_all(fds)
+        if not self.outbox and self.on_backlog is not None:
+            self.on_backlog(False)
+
+    def _drop_outbox(self) -> None:
+        for _data, fds in self.outbox:
+            control.close_all(fds)
+        self.outbox = []
+
+    def stop(self, kill: bool = False) -> None:
         """Close the control socket (the zygote then kills its children and exits) and
-        wait for the process."""
+        wait for the process (``kill``: at once, it failed to start)."""
         self.ready = False
         self.hello_deadline = None
+        self._drop_outbox()
         if self.ctl is not None:
             self.ctl.close()
             self.ctl = None
         if self.proc is not None:
+            if kill:
+                self._kill()
             try:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -163,11 +211,11 @@ class ZygoteClient:
 
     def schedule_restart(self, now: float) -> bool:
         """Set the timer of the next restart attempt; False when none is left."""
-        if self.failed_attempts >= len(self.backoff):
+        if self.attempts >= len(self.backoff):
             self.retry_at = None
             return False
-        self.retry_at = now + self.backoff[self.failed_attempts]
-        self.failed_attempts += 1
+        self.retry_at = now + self.backoff[self.attempts]
+        self.attempts += 1
         return True
 
     def timeout(self, now: float) -> Optional[float]:
@@ -177,8 +225,7 @@ class ZygoteClient:
 
     def remove_generations(self, keep_logs: bool = True) -> None:
         """Remove the generation directories (and, unless kept, their logs) we made."""
-        for gen in range(1, self.generation + 1):
-            path = os.path.join(self.scratch_root, "g%d" % gen)
+        for path in self.generation_dirs:
             shutil.rmtree(path, ignore_errors=True)
             if not keep_logs:
                 try:

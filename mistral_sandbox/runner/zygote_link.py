@@ -39,7 +39,14 @@ class ZygoteLink:
     def attach(self, engine) -> None:
         """Start watching the (started) zygote's control socket in ``engine``'s loop."""
         self.engine = engine
+        self.client.on_backlog = self._watch_writable
         engine.sel.register(self.client.ctl, selectors.EVENT_READ, self._on_ctl)
+
+    def _watch_writable(self, backlog: bool) -> None:
+        """Messages wait in the client's outbox: also watch for writability (or no more)."""
+        if self.client.ctl is not None and self.ready:
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if backlog else 0)
+            self.engine.sel.modify(self.client.ctl, events, self._on_ctl)
 
     def send(self, msg: dict) -> bool:
         return self.client.send(msg)
@@ -58,20 +65,12 @@ class ZygoteLink:
         except OSError as exc:  # e.g. EMFILE: an outcome, and nothing leaked
             _close(opened)
             return "cannot create the child's channel: %s" % exc
-        ok = self.ready
-        try:
-            if ok:
-                control.send(self.client.ctl, control.message(
-                    control.FORK, id=ex.id, network=bool(ex.limits.network)),
-                    [child.fileno(), out_w, err_w])
-        except OSError as exc:
-            ok, why = False, str(exc)
-        else:
-            why = "the zygote is not running"
-        _close([child, out_w, err_w])
+        msg = control.message(control.FORK, id=ex.id, network=bool(ex.limits.network))
+        ok = self.client.send(msg, [child.fileno(), out_w, err_w])
+        _close([child, out_w, err_w])  # (the outbox holds its own copies if it queued)
         if not ok:
             _close([parent, out_r, err_r])
-            return "cannot reach the zygote: %s" % why
+            return "cannot reach the zygote: it is not running"
         parent.setblocking(False)
         os.set_blocking(out_r, False)
         os.set_blocking(err_r, False)
@@ -79,7 +78,9 @@ class ZygoteLink:
 
     # ------------------------------------------------------------ messages
 
-    def _on_ctl(self, _mask: int) -> None:
+    def _on_ctl(self, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE:
+            self.client.flush()
         while self.ready:
             try:
                 msg, fds = control.recv(self.client.ctl, control.FDS_PER_CHILD *
@@ -128,9 +129,11 @@ class ZygoteLink:
         LOG.error("zygote died: %s", why)
         engine = self.engine
         for ex in list(engine.running.values()):
-            ex.kill_reason = ex.kill_reason or "sandbox_error"
-            ex.kill_message = ex.kill_message or "the zygote died (%s) during the execution" \
-                % why
+            engine.drain(ex)  # a reply already sent stands: the action did run
+            if ex.reply is None:
+                ex.kill_reason = ex.kill_reason or "sandbox_error"
+                ex.kill_message = ex.kill_message or "the zygote died (%s) during the " \
+                    "execution" % why
             engine.finish(ex, None)
         engine.by_slot.clear()
         self._stop()
@@ -175,9 +178,10 @@ class ZygoteLink:
         self.engine.sel.modify(client.ctl, selectors.EVENT_READ, self._on_ctl)
 
     def _attempt_failed(self, error: SandboxError) -> None:
+        self.client.failed_attempts += 1
         LOG.error("zygote restart %d failed: %s", self.client.failed_attempts, error)
         self.client.last_error = str(error)
-        self._stop()
+        self._stop(kill=True)
         if not self.intake.closed or len(self.intake):
             self._schedule(time.monotonic())
 
@@ -191,7 +195,7 @@ class ZygoteLink:
             else:
                 self.engine.resolve(ex, None)
 
-    def _stop(self) -> None:
+    def _stop(self, kill: bool = False) -> None:
         self.ready = False
         self.pool.drop_all()
         if self.client.ctl is not None and self.engine is not None:
@@ -199,7 +203,7 @@ class ZygoteLink:
                 self.engine.sel.unregister(self.client.ctl)
             except (KeyError, ValueError):
                 pass
-        self.client.stop()
+        self.client.stop(kill)
 
     def close(self) -> None:
         """The engine stops: stop the zygote, remove our directories."""

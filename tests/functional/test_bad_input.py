@@ -219,3 +219,23 @@ def test_a_result_larger_than_any_frame_is_an_output_limit(no_leaks):
         assert out.exit_reason == "output_limit", out.message
         assert "exceeds the maximum of 1048576 bytes" in out.message
         assert sb.run("std.noop").ok
+
+
+@pytest.mark.parametrize("options,limits", [({"max_frame": 128 * 1024}, None),
+                                            ({}, {"max_result_bytes": "1KiB"})])
+def test_a_large_error_message_is_an_action_error(no_leaks, options, limits):
+    """An error frame (message and traceback) fits whatever limits the result has: the
+    outcome is the action's error, cut, not a protocol error."""
+    with Sandbox(max_workers=1, extra_path=[FIXTURES], **options) as sb:
+        out = sb.run("sample_actions:RaisesLoudly", {"kb": 100}, limits=limits)
+    assert out.exit_reason == "action_error", out.message
+    assert out.message.startswith("RuntimeError: xxxx") and "characters cut" in out.message
+
+
+def test_a_logger_named_after_the_token_does_not_leak_it(sandbox, then_works):
+    token = "tok-" + "q7" * 16
+    out = sandbox.run("sample_actions:LogsUnderATokenNamedLogger",
+                      context={"security": {"auth_token": token}})
+    assert out.exit_reason == "ok"
+    assert token not in repr(out.to_dict())
+    assert out.logs[0]["logger"] == "***"

@@ -176,3 +176,9 @@ def test_check_fails_when_sandbox_uids_cannot_read_a_module_directory(tmp_path):
     assert result["error"].startswith("sandbox uids cannot read %s" % pack)
     assert "ERROR: sandbox uids cannot read" in check.format_human(result)
     assert check.probe()["ok"] is True  # (the installation itself is readable)
+
+
+def test_the_fds_step_cannot_be_relaxed():
+    for level in ("off", "best_effort"):
+        with pytest.raises(PolicyError, match="fds is always required"):
+            make_policy({"fds": level})

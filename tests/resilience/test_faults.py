@@ -225,7 +225,7 @@ def test_restart_backoff_does_not_block_the_loop(no_leaks, tmp_path, monkeypatch
         flag.write_text("")
         os.kill(sb.zygote_info["pid"], signal.SIGKILL)
         # the first attempt (at once) fails; the second waits 600 s
-        assert wait_for(lambda: sb.status()["restart_attempts"] == 2, timeout=30)
+        assert wait_for(lambda: sb.status()["restart_attempts"] == 1, timeout=30)
         assert sb.status()["zygote"] == "restarting" and sb.status()["generations"] == 2
         queued = sb.submit("std.noop")
         assert sb.status()["queued"] == 1
@@ -233,6 +233,7 @@ def test_restart_backoff_does_not_block_the_loop(no_leaks, tmp_path, monkeypatch
     finally:
         sb.shutdown(wait=True)
     assert sb.status()["zygote"] == "stopped" and sb.status()["generations"] == 2
+    assert sb.status()["restart_attempts"] == 1  # (the second never came)
 
 
 def test_a_zygote_that_cannot_restart_breaks_the_sandbox(no_leaks, tmp_path, monkeypatch):
@@ -248,3 +249,45 @@ def test_a_zygote_that_cannot_restart_breaks_the_sandbox(no_leaks, tmp_path, mon
         with pytest.raises(SandboxError, match="(?s)the sandbox is broken: the zygote could not "
                                                "be restarted.*broken on purpose"):
             sb.submit("std.noop")
+
+
+def test_a_zygote_that_terminated_itself_is_restarted(no_leaks):
+    """SIGTERM makes the zygote clean up and exit: it removes its own generation only
+    (not the sandbox's scratch root), and the next zygote starts in a new one."""
+    with Sandbox(max_workers=1, warm=0) as sb:
+        old, old_dir = sb.zygote_info["pid"], sb.scratch_dir
+        os.kill(old, signal.SIGTERM)
+        assert wait_for(lambda: sb.status()["zygote"] == "up" and sb.restarts == 1,
+                        timeout=60), sb.status()
+        assert sb.scratch_dir != old_dir and os.path.isdir(sb.scratch_root)
+        assert sb.run("std.echo", {"output": "again"}).result.data == "again"
+
+
+def test_an_operators_scratch_root_is_kept_and_can_be_shared(no_leaks, shared_tmp_path):
+    root = os.path.join(shared_tmp_path, "root")
+    os.mkdir(root, 0o711)
+    with Sandbox(max_workers=1, warm=0, scratch_root=root) as a, \
+            Sandbox(max_workers=1, warm=0, scratch_root=root) as b:
+        assert a.scratch_dir != b.scratch_dir
+        assert a.run("std.noop").ok and b.run("std.noop").ok
+    assert os.path.isdir(root) and os.listdir(root) == []
+    with Sandbox(max_workers=1, warm=0, scratch_root=root) as c:  # (the root is still usable)
+        assert c.run("std.noop").ok
+
+
+def test_a_reply_in_hand_stands_when_the_zygote_dies(no_leaks):
+    """The action ran and replied; its exit was not yet reported when the zygote died:
+    the outcome is its result, not sandbox_error (it must not be run again)."""
+    with Sandbox(max_workers=1, warm=0, wait_exit=True) as sb:
+        zygote = sb.zygote_info["pid"]
+        fut = sb.submit("std.sleep", {"seconds": 1})
+        try:
+            assert wait_for(lambda: sb.started_pids())
+            os.kill(zygote, signal.SIGSTOP)  # (no exit report can come now)
+            assert wait_for(lambda: all(ex.reply for ex in sb._engine.running.values()))
+        finally:
+            os.kill(zygote, signal.SIGKILL)
+        out = fut.result(timeout=60)
+        assert out.exit_reason == "ok" and out.result.data is None, out.message
+        assert out.usage.source == "child"  # (no exit report: the child's own account)
+        assert wait_for(lambda: sb.status()["zygote"] == "up", timeout=60)
