@@ -114,10 +114,17 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.measure:
         sys.path.insert(0, os.path.abspath(args.measure))
+        import mistral_sandbox
+        if not os.path.abspath(mistral_sandbox.__file__).startswith(
+                os.path.abspath(args.measure) + os.sep):  # (an installed copy came first)
+            sys.exit("%s: imported %s instead" % (args.measure, mistral_sandbox.__file__))
         print(json.dumps(measure(n_back_to_back=args.n)))
         return
     if len(args.sources) < 2:
         ap.error("give at least two source trees")
+    for src in args.sources:
+        if not os.path.isfile(os.path.join(src, "mistral_sandbox", "__init__.py")):
+            ap.error("%s is not a source tree of mistral_sandbox" % src)
     results = {src: [] for src in args.sources}
     for i in range(args.rounds):
         for src in args.sources:

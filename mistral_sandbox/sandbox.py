@@ -164,9 +164,9 @@ class Sandbox:
         """A snapshot for operators and health checks: ``zygote`` ("up", "restarting",
         "broken" or "stopped"), its ``pid``, ``restarts`` (successful), failed
         ``restart_attempts`` since it last died, ``generations`` started, executions
-        ``queued`` and ``running``, prepared children ``idle``, and executions
+        ``queued`` and ``running``, prepared children ``idle``, executions
         ``killed_after_reply`` (whose processes had not exited a few seconds after
-        their outcome was delivered)."""
+        their outcome was delivered), and ``cgroups`` ("v1", "v2" or why none)."""
         client, link = self._client, self._engine.link
         if link.broken:
             state = "broken"
@@ -178,7 +178,8 @@ class Sandbox:
                 "restarts": client.restarts, "restart_attempts": client.failed_attempts,
                 "generations": client.generation, "queued": len(self._intake),
                 "running": len(self._engine.running), "idle": len(self._pool.idle),
-                "killed_after_reply": self._engine.killed_after_reply}
+                "killed_after_reply": self._engine.watchdog.killed_after_reply,
+                "cgroups": client.info.get("cgroups")}
 
     def warm_pids(self) -> frozenset:
         """Pids of the prepared children waiting for an execution."""

@@ -10,11 +10,12 @@
  * copy-on-write page fault; here the same system calls touch a few pages of C stack.
  *
  * prepare(*, channel, stdout, stderr, net_ns_fd, ipc_ns_fd, uts_ns_fd, mount_ns_fd,
- *         scratch_view, tmpfs_options, uid, seccomp_filter, expected_parent, in_pid_ns,
- *         rlimits)
+ *         cgroup_fds, scratch_view, tmpfs_options, uid, seccomp_filter, expected_parent,
+ *         in_pid_ns, rlimits)
  *   -> (failed_step_index or -1, errno, what_failed, (microseconds per step, ...))
  *
- * Steps, in order (STEP_NAMES, which must be steps.NATIVE_ORDER): fds, session, net_ns,
+ * Steps, in order (STEP_NAMES, which must be steps.NATIVE_ORDER): fds, cgroup (writes "0"
+ * to each of ``cgroup_fds``, packed native ints: the uid's cgroup.procs files), session, net_ns,
  * mount_ns, ipc_ns, uts_ns, no_new_privs, seccomp, uid, pdeathsig, rlimits. mount_ns
  * joins the template view (view.py) when ``mount_ns_fd`` is one, else makes the host's
  * mounts read-only. ``rlimits``
@@ -58,8 +59,9 @@
 #define MOUNT_ATTR_RDONLY_ 0x1
 #define CHANNEL_FD 3
 
-enum { S_FDS, S_SESSION, S_NET, S_MOUNT, S_IPC, S_UTS, S_NNP, S_SECCOMP, S_UID,
+enum { S_FDS, S_CGROUP, S_SESSION, S_NET, S_MOUNT, S_IPC, S_UTS, S_NNP, S_SECCOMP, S_UID,
        S_PDEATHSIG, S_RLIMITS, S_COUNT };
+#define MAX_CGROUP_FDS 4
 
 struct mount_attr_ {
     uint64_t attr_set, attr_clr, propagation, userns_fd;
@@ -84,12 +86,13 @@ static PyObject *
 native_prepare(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"channel", "stdout", "stderr", "net_ns_fd", "ipc_ns_fd",
-                             "uts_ns_fd", "mount_ns_fd", "scratch_view", "tmpfs_options",
-                             "uid", "seccomp_filter", "expected_parent", "in_pid_ns",
-                             "rlimits", NULL};
+                             "uts_ns_fd", "mount_ns_fd", "cgroup_fds", "scratch_view",
+                             "tmpfs_options", "uid", "seccomp_filter", "expected_parent",
+                             "in_pid_ns", "rlimits", NULL};
     int chan, out, err, netfd, ipcfd, utsfd, mntfd, uid, expected_parent, in_pid_ns;
-    const char *view, *tmpfs_options, *rlimits;
-    Py_ssize_t rlimits_size, k;
+    const char *view, *tmpfs_options, *rlimits, *cgroup_bytes;
+    Py_ssize_t rlimits_size, cgroup_size, k;
+    int cgroup_fds[MAX_CGROUP_FDS], n_cgroup = 0;
     unsigned long long fprog;
     static char rlimit_failed[32];
     int costs[S_COUNT] = {0};
@@ -100,11 +103,17 @@ native_prepare(PyObject *self, PyObject *args, PyObject *kwargs)
     int devnull;
 
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$iiiiiiiyyiKipy#", kwlist, &chan, &out,
-                                     &err, &netfd, &ipcfd, &utsfd, &mntfd, &view,
-                                     &tmpfs_options, &uid, &fprog, &expected_parent,
-                                     &in_pid_ns, &rlimits, &rlimits_size))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$iiiiiiiy#yyiKipy#", kwlist, &chan, &out,
+                                     &err, &netfd, &ipcfd, &utsfd, &mntfd, &cgroup_bytes,
+                                     &cgroup_size, &view, &tmpfs_options, &uid, &fprog,
+                                     &expected_parent, &in_pid_ns, &rlimits, &rlimits_size))
         return NULL;
+    if (cgroup_size % (Py_ssize_t)sizeof(int) || cgroup_size > (Py_ssize_t)sizeof cgroup_fds) {
+        PyErr_SetString(PyExc_ValueError, "cgroup_fds: packed ints, at most 4");
+        return NULL;
+    }
+    n_cgroup = (int)(cgroup_size / (Py_ssize_t)sizeof(int));
+    memcpy(cgroup_fds, cgroup_bytes, (size_t)cgroup_size);
 
 #define FAIL(step, text) do { failed = (step); error = errno; what = (text); goto done; } while (0)
 #define DONE(step) do { t2 = now_us(); costs[step] = (int)(t2 - t); t = t2; } while (0)
@@ -133,6 +142,9 @@ native_prepare(PyObject *self, PyObject *args, PyObject *kwargs)
         utsfd = above_channel(utsfd);
     if (mntfd >= 0)
         mntfd = above_channel(mntfd);
+    for (k = 0; k < n_cgroup; k++)
+        if ((cgroup_fds[k] = above_channel(cgroup_fds[k])) < 0)
+            FAIL(S_FDS, "fcntl(F_DUPFD_CLOEXEC)");
     if (devnull < 0 || chan < 0 || out < 0 || err < 0 || netfd < -1 || ipcfd < -1 ||
             utsfd < -1 || mntfd < -1)
         FAIL(S_FDS, "fcntl(F_DUPFD_CLOEXEC)");
@@ -140,6 +152,14 @@ native_prepare(PyObject *self, PyObject *args, PyObject *kwargs)
             dup3(chan, CHANNEL_FD, O_CLOEXEC) < 0)
         FAIL(S_FDS, "dup2");
     DONE(S_FDS);
+
+    /* join the uid's cgroups: from here on, the whole tree is counted together */
+    for (k = 0; k < n_cgroup; k++) {
+        if (write(cgroup_fds[k], "0", 1) != 1)
+            FAIL(S_CGROUP, "write cgroup.procs");
+        close(cgroup_fds[k]);
+    }
+    DONE(S_CGROUP);
 
     if (setpgid(0, 0) < 0)
         FAIL(S_SESSION, "setpgid");
@@ -237,9 +257,9 @@ native_prepare(PyObject *self, PyObject *args, PyObject *kwargs)
     DONE(S_RLIMITS);
 
 done:
-    return Py_BuildValue("iis(iiiiiiiiiii)", failed, error, what, costs[0], costs[1],
+    return Py_BuildValue("iis(iiiiiiiiiiii)", failed, error, what, costs[0], costs[1],
                          costs[2], costs[3], costs[4], costs[5], costs[6], costs[7],
-                         costs[8], costs[9], costs[10]);
+                         costs[8], costs[9], costs[10], costs[11]);
 }
 
 /* fork_in_new_pidns(own_pidns_fd) -> pid: unshare(CLONE_NEWPID), fork, and in the
@@ -296,8 +316,8 @@ PyInit__native(void)
     if (m == NULL)
         return NULL;
     if (PyModule_AddStringConstant(m, "STEP_NAMES",
-            "fds session net_ns mount_ns ipc_ns uts_ns no_new_privs seccomp uid pdeathsig "
-            "rlimits") < 0) {
+            "fds cgroup session net_ns mount_ns ipc_ns uts_ns no_new_privs seccomp uid "
+            "pdeathsig rlimits") < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -108,14 +108,21 @@ def probe(isolation_policy=None, seccomp_library: Optional[str] = None,
     return result
 
 
+def _cgroup_use(state: Optional[str]) -> str:
+    """The zygote's cgroup state ("v1", "v2" or why not) for people."""
+    if state in ("v1", "v2"):
+        return "a cgroup per execution (%s: memory, processes, CPU of the whole tree)" % state
+    return "not used (%s)" % (state or "no probe child")
+
+
 def format_human(result: Dict[str, Any]) -> str:
     host = result["host"]
     lines = ["host: %s, running as %s, libseccomp %s, user namespaces max %s" % (
         host["kernel"], "root" if host["root"] else "uid %d" % os.geteuid(),
         host.get("libseccomp") or "MISSING", host.get("max_user_namespaces"))]
-    if host.get("cgroups"):
-        lines.append("cgroups: %s (not used yet)" % ", ".join(host["cgroups"]))
     z = result.get("zygote", {})
+    lines.append("cgroups: %s; mounted: %s" % (
+        _cgroup_use(z.get("cgroups")), ", ".join(host.get("cgroups") or ()) or "none"))
     if z:
         lines.append("children: namespaces %s; native isolation %s" % (
             ", ".join("%s %s" % kv for kv in z.get("namespaces", {}).items()) or "per child",

@@ -41,6 +41,8 @@ class ChildConfig:
     ``seccomp_unavailable`` saying why). ``shared_ns``: CLONE_NEW* flag -> fd of the
     namespace children join. ``views``: network allowed -> fd of the template mount
     namespace a child copies (:mod:`.view`; empty: children see the host read-only).
+    ``cgroup_fds``: sandbox uid -> the ``cgroup.procs`` files of its cgroups, open for
+    writing (:mod:`.cgroups`; empty, with ``cgroup_unavailable`` saying why).
     ``pid_ns``: children are forked into pid namespaces of their own. ``native``: set
     when children isolate through the C helper. ``unreadable_paths``: module
     directories a sandbox uid cannot read in what it sees (for hints).
@@ -57,6 +59,8 @@ class ChildConfig:
     seccomp_unavailable: str
     shared_ns: Mapping[int, int]
     views: Mapping[bool, int]
+    cgroup_fds: Mapping[int, Tuple[int, ...]]
+    cgroup_unavailable: str
     pid_ns: bool
     native: Optional[NativePlan] = None
     unreadable_paths: Tuple[str, ...] = ()

@@ -60,25 +60,29 @@ class ChildIO:
 
     def attach(self, sel: selectors.BaseSelector, sock: socket.socket, out_r: int, err_r: int,
                on_channel: Callable[[int], None], on_stdout: Callable[[int], None],
-               on_stderr: Callable[[int], None]) -> None:
+               on_stderr: Callable[[int], None], hold: bool = False) -> None:
         """Write the request into ``sock`` (as much as fits now: the child starts on it
-        at once), then watch the three ends (already non-blocking)."""
+        at once; ``hold``: not yet, see :meth:`write_request`), then watch the three ends
+        (already non-blocking)."""
         self.sock, self.out_r, self.err_r = sock, out_r, err_r
         self.channel_open = True
-        self._write()
-        sel.register(sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if self.frame else 0),
-                     on_channel)
+        if not hold:
+            self._write()
+        sel.register(sock, selectors.EVENT_READ |
+                     (selectors.EVENT_WRITE if self.frame and not hold else 0), on_channel)
         sel.register(out_r, selectors.EVENT_READ, on_stdout)
         sel.register(err_r, selectors.EVENT_READ, on_stderr)
 
-    def write_request(self, sel: selectors.BaseSelector, on_channel) -> None:
-        """The channel is writable: write more of the request; stop watching for
-        writability once it is all written."""
-        if not self.frame:
+    def write_request(self, sel: selectors.BaseSelector, on_channel, force: bool = False) -> None:
+        """The channel is writable (or ``force``: a held request may go now): write more
+        of the request; watch for writability while some of it is left."""
+        if not self.frame or not self.channel_open:
             return
         self._write()
-        if not self.frame and self.channel_open:
+        if not self.frame:
             sel.modify(self.sock, selectors.EVENT_READ, on_channel)
+        elif force:
+            sel.modify(self.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, on_channel)
 
     def _write(self) -> None:
         try:

@@ -8,15 +8,17 @@ neither builds a message by hand.
 supervisor -> zygote     zygote -> supervisor
 =======================  ===================================================
                          ``hello`` once ready (pid, uids, isolation facts)
-                         ``warm {slots: [[slot, pid, scratch]...]}`` + 3 fds
+                         ``warm {slots: [[slot, pid, scratch, uid,
+                         cpu_base]...]}`` + 3 fds
                          per child: prepared children (channel, stdout,
                          stderr) for the supervisor to hand a request to
 ``taken {slots}``        (nothing: those slots may be refilled)
-``fork {id, network}``   ``forked {id, pid, scratch}`` or
+``fork {id, network}``   ``forked {id, pid, scratch, uid, cpu_base}`` or
 + 3 fds                  ``fork_failed {id, error}``
 ``kill {id} | {slot}``   (nothing; the exit report follows)
                          ``exit {id | slot, pid, status, utime, stime,
-                         maxrss, swept, scratch_removed[, survivors]}``
+                         maxrss, swept, scratch_removed[, survivors]
+                         [, tree_cpu, tree_max_rss, oom_kills]}``
 =======================  ===================================================
 
 The zygote never sees a request, a context or a token: those go from the
@@ -41,11 +43,11 @@ HELLO, WARM, TAKEN, FORK, FORKED, FORK_FAILED, KILL, EXIT = (
 # op -> fields every such message must carry
 REQUIRED_FIELDS: Dict[str, Tuple[str, ...]] = {
     HELLO: ("pid", "root", "uids", "unreadable_paths", "seccomp", "namespaces",
-            "native_isolation", "view", "policy"),
+            "native_isolation", "view", "cgroups", "cgroup_layout", "policy"),
     WARM: ("slots",),
     TAKEN: ("slots",),
     FORK: ("id", "network"),
-    FORKED: ("id", "pid", "scratch"),
+    FORKED: ("id", "pid", "scratch", "uid", "cpu_base"),
     FORK_FAILED: ("id", "error"),
     KILL: (),
     EXIT: ("pid", "status", "utime", "stime", "maxrss", "swept"),

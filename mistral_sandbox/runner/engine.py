@@ -11,54 +11,21 @@ its exit report. The zygote's messages and its death are handled by
 
 from __future__ import annotations
 
-import heapq
 import logging
 import selectors
 import shutil
 import socket
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional
 
-from mistral_sandbox.runner import control, linux, outcome, protocol
+from mistral_sandbox.runner import control, linux, outcome
 from mistral_sandbox.runner.execution import Execution, State
 from mistral_sandbox.runner.intake import Intake
 from mistral_sandbox.runner.settings import SandboxSettings
 from mistral_sandbox.runner.warm_pool import WarmPool
+from mistral_sandbox.runner.watchdog import Watchdog
 
 LOG = logging.getLogger(__name__)
-EXIT_GRACE = 5.0  # seconds a delivered execution's processes get to exit
-
-
-class Deadlines:
-    """Wall-time deadlines of running executions (a heap; stale entries compacted)."""
-
-    def __init__(self):
-        self._heap: List[Tuple[float, int]] = []
-        self._stale = 0
-        self.next_due = float("inf")  # the earliest deadline
-
-    def add(self, when: float, exec_id: int) -> None:
-        heapq.heappush(self._heap, (when, exec_id))
-        self.next_due = self._heap[0][0]
-
-    def due(self, now: float) -> List[int]:
-        out = []
-        while self._heap and self._heap[0][0] <= now:
-            out.append(heapq.heappop(self._heap)[1])
-        self.next_due = self._heap[0][0] if self._heap else float("inf")
-        return out
-
-    def timeout(self, now: float) -> Optional[float]:
-        return max(0.0, self.next_due - now) if self._heap else None
-
-    def finished(self, live) -> None:
-        """A timed execution ended before its deadline; ``live``: the ids still running."""
-        self._stale += 1
-        if self._stale > 64 and self._stale > 2 * len(live):
-            self._heap = [(d, i) for d, i in self._heap if i in live]
-            heapq.heapify(self._heap)
-            self.next_due = self._heap[0][0] if self._heap else float("inf")
-            self._stale = 0
 
 
 class Waker:
@@ -98,11 +65,10 @@ class Engine:
         self.sel = selectors.DefaultSelector()
         self.running: Dict[int, Execution] = {}
         self.by_slot: Dict[int, Execution] = {}
-        self.deadlines = Deadlines()
+        self.watchdog = Watchdog()
         self._waker = Waker()
         self.sel.register(self._waker.reader, selectors.EVENT_READ, self._waker.drain)
         self._cold_wait_until: Optional[float] = None
-        self.killed_after_reply = 0
 
     # ------------------------------------------------------------ any thread
 
@@ -139,7 +105,8 @@ class Engine:
                 return False
         self._dispatch()
         now = time.monotonic()
-        timeout = self.deadlines.timeout(now)
+        due = self.watchdog.next_due()
+        timeout = None if due == float("inf") else max(0.0, due - now)
         if not link.ready:  # a restart is pending
             timeout = _earliest(timeout, link.timeout(now))
         if self._cold_wait_until is not None:
@@ -147,8 +114,9 @@ class Engine:
         for key, mask in self.sel.select(timeout):
             key.data(mask)
         now = time.monotonic()
-        if self.deadlines.next_due <= now:
-            self._expire(now)
+        if self.watchdog.next_due() <= now:
+            for ex, reason, message in self.watchdog.due(now, self.running):
+                self.kill(ex, reason, message)
         if not link.ready:
             link.tick(now)
         self._tell_taken()
@@ -175,23 +143,6 @@ class Engine:
             ex.advance(State.EXITED)
             self.resolve(ex, outcome.without_run(ex, "cancelled", "the execution was "
                                                  "cancelled"))
-
-    def _expire(self, now: float) -> None:
-        """Kill what reached its deadline — delivered or not: the wall time holds until
-        the execution's whole tree has exited, and a delivered one gets EXIT_GRACE."""
-        for exec_id in self.deadlines.due(now):
-            ex = self.running.get(exec_id)
-            if ex is None or ex.deadline is None or ex.deadline > now:
-                continue
-            if ex.delivered:
-                if not ex.kill_sent:
-                    self.killed_after_reply += 1
-                    LOG.warning("execution %d had not exited %gs after its reply: killing "
-                                "its processes", ex.id, EXIT_GRACE)
-                self.kill(ex, "timeout", "the execution did not exit after its reply")
-            else:
-                self.kill(ex, "timeout", "the action exceeded its wall-time limit of %gs"
-                          % ex.limits.wall_time)
 
     # ------------------------------------------------------------ starting
 
@@ -229,7 +180,17 @@ class Engine:
         """Hand ``ex`` to a prepared child, or have the zygote fork one for it."""
         if self.pool.serves(network):
             w = self.pool.take()
-            ex.slot, ex.pid, ex.scratch = w.slot, w.pid, w.scratch
+            ex.slot, ex.pid, ex.scratch, ex.uid, ex.cpu_base = \
+                w.slot, w.pid, w.scratch, w.uid, w.cpu_base
+            problem = self.watchdog.apply_tree_limits(ex)
+            if problem is not None and self._tree_limits_required():
+                w.close()  # (EOF: the prepared child exits; its slot is refilled)
+                self.pool.release(w.slot)
+                ex.advance(State.EXITED)
+                self.resolve(ex, outcome.without_run(ex, "sandbox_error", problem))
+                return
+            if problem is not None:
+                ex.notes.append(problem)
             self.by_slot[w.slot] = ex
             self._begin(ex, w.sock, w.out_r, w.err_r)
             return
@@ -238,16 +199,39 @@ class Engine:
             ex.advance(State.EXITED)
             self.resolve(ex, outcome.without_run(ex, "sandbox_error", ends))
             return
-        self._begin(ex, *ends)
+        # (with cgroups the request waits for the child's uid: see forked)
+        self._begin(ex, *ends, hold=self.watchdog.tree is not None)
 
-    def _begin(self, ex: Execution, sock: socket.socket, out_r: int, err_r: int) -> None:
-        ex.start(time.monotonic())
+    def forked(self, ex: Execution, pid: int, scratch: str, uid, cpu_base: float) -> None:
+        """The zygote forked ``ex``'s child: write the request once its cgroup has the
+        execution's limits."""
+        ex.pid, ex.scratch, ex.uid, ex.cpu_base = pid, scratch, uid, cpu_base
+        if not ex.io.frame or ex.written_request:
+            return
+        problem = self.watchdog.apply_tree_limits(ex)
+        if problem is not None and self._tree_limits_required():
+            self.kill(ex, "sandbox_error", problem)
+            return
+        if problem is not None:
+            ex.notes.append(problem)
+        self.watchdog.started(ex, time.monotonic())
+        ex.written_request = True
+        ex.io.write_request(self.sel, lambda m, ex=ex: self._on_channel(ex, m), force=True)
+
+    def _tree_limits_required(self) -> bool:
+        return self.settings.isolation.get("cgroup") == "required"
+
+    def _begin(self, ex: Execution, sock: socket.socket, out_r: int, err_r: int,
+               hold: bool = False) -> None:
+        now = time.monotonic()
+        ex.start(now)
         self.running[ex.id] = ex
-        if ex.deadline is not None:
-            self.deadlines.add(ex.deadline, ex.id)
+        ex.written_request = not hold
+        if not hold:
+            self.watchdog.started(ex, now)
         ex.io.attach(self.sel, sock, out_r, err_r, lambda m, ex=ex: self._on_channel(ex, m),
                      lambda m, ex=ex: self._on_output(ex, 1),
-                     lambda m, ex=ex: self._on_output(ex, 2))
+                     lambda m, ex=ex: self._on_output(ex, 2), hold=hold)
 
     # ------------------------------------------------------------ a child's ends
 
@@ -259,32 +243,10 @@ class Engine:
 
     def _read_channel(self, ex: Execution) -> bool:
         """Read and handle what the child sent; True once the channel reached EOF."""
-        io = ex.io
-        while io.channel_open:
-            data = io.recv()
-            if data is None:
-                return False
-            if not data:
-                io.close_channel(self.sel)
-                if ex.reply is None and not ex.kill_reason:
-                    try:
-                        io.reader.eof()
-                    except protocol.ProtocolError as exc:
-                        self.kill(ex, "protocol_error", "the child broke the protocol: %s"
-                                  % exc)
-                return True
-            if ex.kill_reason == "protocol_error":
-                continue  # condemned already: just drain
-            try:
-                for msg in io.reader.feed(data):
-                    ex.on_message(protocol.validate(msg))
-            except protocol.ProtocolError as exc:
-                self.kill(ex, "protocol_error", "the child broke the protocol: %s" % exc)
-            except Exception as exc:  # a validator gap must cost this execution, not the loop
-                LOG.exception("unexpected error handling execution %d's messages", ex.id)
-                self.kill(ex, "protocol_error", "the child sent a message the runner could "
-                          "not handle: %s: %s" % (type(exc).__name__, exc))
-        return False
+        eof, broke = ex.read_channel(self.sel)
+        if broke:
+            self._send_kill(ex)
+        return eof
 
     def _on_output(self, ex: Execution, which: int) -> None:
         if self._read_output(ex, which):
@@ -292,24 +254,19 @@ class Engine:
 
     def _read_output(self, ex: Execution, which: int) -> bool:
         """Read stdout (1) or stderr (2) into its tail; True once it reached EOF."""
-        io = ex.io
-        cap = ex.limits.max_output_bytes
-        while True:
-            data = io.read_output(which)
-            if data is None:
-                return False
-            if not data:
-                io.close_output(self.sel, which)
-                return True
-            if cap is not None and io.output_bytes > cap:
-                self.kill(ex, "output_limit", "the action wrote more than %d bytes to "
-                          "stdout/stderr" % cap)
+        eof, over = ex.read_output(self.sel, which)
+        if over:
+            self._send_kill(ex)
+        return eof
 
     def kill(self, ex: Execution, reason: str, message: str) -> None:
         """End ``ex`` for ``reason``: the zygote kills its whole process tree."""
         if ex.condemn(reason, message):  # (a dead zygote killed it already)
-            self.link.send({"op": control.KILL, "slot": ex.slot} if ex.slot is not None
-                           else {"op": control.KILL, "id": ex.id})
+            self._send_kill(ex)
+
+    def _send_kill(self, ex: Execution) -> None:
+        self.link.send({"op": control.KILL, "slot": ex.slot} if ex.slot is not None
+                       else {"op": control.KILL, "id": ex.id})
 
     # ------------------------------------------------------------ ending
 
@@ -323,12 +280,7 @@ class Engine:
         ex.advance(State.DELIVERED)
         self.resolve(ex, outcome.build(ex, None))
         self.pool.release(ex.slot)
-        # nothing of the action runs after its reply: its tree exits at once, or is
-        # killed (and its worker freed) EXIT_GRACE later, whatever its wall time
-        grace = time.monotonic() + EXIT_GRACE
-        if ex.deadline is None or grace < ex.deadline:
-            ex.deadline = grace
-            self.deadlines.add(grace, ex.id)
+        self.watchdog.delivered(ex, time.monotonic())
 
     def drain(self, ex: Execution) -> None:
         """Read what the child has sent and written so far (nothing is delivered)."""
@@ -345,8 +297,7 @@ class Engine:
             self.drain(ex)
         ex.io.close(self.sel)
         self.running.pop(ex.id, None)
-        if ex.deadline is not None:
-            self.deadlines.finished(self.running)
+        self.watchdog.finished(ex, self.running)
         if ex.slot is not None:
             self.by_slot.pop(ex.slot, None)
             self.pool.release(ex.slot)

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from mistral_sandbox.api.context import REDACTED
 from mistral_sandbox.runner import protocol
 from mistral_sandbox.runner.child_io import TAIL_BYTES, ChildIO
 
+LOG = logging.getLogger(__name__)
 ACTION_LOGGER = "mistral_sandbox.action"  # + "." + the action's name
 HOST_LOG_LEVEL = logging.WARNING  # the highest level a tenant's record gets on the host
 
@@ -90,6 +91,9 @@ class Execution:
         self.io = ChildIO(self.request or b"", self._max_reply, self._tail)
         self.pid: Optional[int] = None
         self.slot: Optional[int] = None  # the prepared child's slot, if it runs in one
+        self.uid: Optional[int] = None   # its sandbox uid (and cgroup), once known
+        self.cpu_base = 0.0              # its cgroup's CPU time before it started
+        self.written_request = False     # (a cold child's waits for its uid's cgroup)
         self.scratch: Optional[str] = None
         self.started = 0.0
         self.deadline: Optional[float] = None
@@ -147,6 +151,53 @@ class Execution:
             return False
         self.kill_sent = True
         return True
+
+    def read_channel(self, sel) -> Tuple[bool, bool]:
+        """Read and handle what the child sent: (EOF reached, the child broke the
+        protocol and the zygote must be asked to kill it)."""
+        io, broke = self.io, False
+        while io.channel_open:
+            data = io.recv()
+            if data is None:
+                return False, broke
+            if not data:
+                io.close_channel(sel)
+                if self.reply is None and not self.kill_reason:
+                    try:
+                        io.reader.eof()
+                    except protocol.ProtocolError as exc:
+                        broke |= self.condemn("protocol_error", "the child broke the "
+                                              "protocol: %s" % exc)
+                return True, broke
+            if self.kill_reason == "protocol_error":
+                continue  # condemned already: just drain
+            try:
+                for msg in io.reader.feed(data):
+                    self.on_message(protocol.validate(msg))
+            except protocol.ProtocolError as exc:
+                broke |= self.condemn("protocol_error", "the child broke the protocol: %s"
+                                      % exc)
+            except Exception as exc:  # a validator gap must cost this execution, not the loop
+                LOG.exception("unexpected error handling execution %d's messages", self.id)
+                broke |= self.condemn("protocol_error", "the child sent a message the runner "
+                                      "could not handle: %s: %s" % (type(exc).__name__, exc))
+        return False, broke
+
+    def read_output(self, sel, which: int) -> Tuple[bool, bool]:
+        """Read stdout (1) or stderr (2) into its tail: (EOF reached, over the output
+        limit and the zygote must be asked to kill it)."""
+        io, over = self.io, False
+        cap = self.limits.max_output_bytes
+        while True:
+            data = io.read_output(which)
+            if data is None:
+                return False, over
+            if not data:
+                io.close_output(sel, which)
+                return True, over
+            if cap is not None and io.output_bytes > cap:
+                over |= self.condemn("output_limit", "the action wrote more than %d bytes to "
+                                     "stdout/stderr" % cap)
 
     def on_message(self, msg: Dict[str, Any]) -> None:
         """A validated message from the child; ProtocolError if it is out of order."""

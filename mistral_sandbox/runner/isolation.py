@@ -95,7 +95,8 @@ def apply_step(report: Report, policy, step: str, fn, *args) -> Any:
 class _Isolating:
     """One child's isolation in progress: what the steps read and leave for each other."""
 
-    __slots__ = ("report", "config", "spec", "pid_ns", "shared", "unshared", "view")
+    __slots__ = ("report", "config", "spec", "pid_ns", "shared", "unshared", "view",
+                 "cgroup")
 
     def __init__(self, report: Report, config: ChildConfig, spec: ChildSpec,
                  pid_ns: Optional[str]):
@@ -106,6 +107,7 @@ class _Isolating:
         self.shared: Dict[int, int] = {}  # namespaces to join: flag -> fd (moved by fds)
         self.unshared = 0  # CLONE_NEW* flags already unshared together
         self.view: Optional[int] = None  # the template mount namespace (moved by fds)
+        self.cgroup: Tuple[int, ...] = ()  # cgroup.procs files to join (moved by fds)
 
     def applied(self, step: str) -> bool:
         return step in self.report.applied
@@ -121,12 +123,15 @@ def _fds(run: _Isolating) -> None:
     view = run.config.views.get(run.spec.network)
     if view is not None and run.config.policy.get("mount_ns") != OFF:
         shared[linux.CLONE_NEWNS] = view
+    cgroup = run.config.cgroup_fds.get(run.spec.uid, ()) \
+        if run.config.policy.get("cgroup") != OFF else ()
     devnull = os.open(os.devnull, os.O_RDWR)
     # move what we keep above 3 first, so the dup2s below cannot clobber it
     moved = [fd if fd > CHANNEL_FD else fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
-             for fd in (devnull,) + tuple(run.spec.stdio) + tuple(shared.values())]
+             for fd in (devnull,) + tuple(run.spec.stdio) + tuple(shared.values()) + cgroup]
     devnull, channel, out, err = moved[:4]
-    run.shared = dict(zip(shared, moved[4:]))
+    run.shared = dict(zip(shared, moved[4:4 + len(shared)]))
+    run.cgroup = tuple(moved[4 + len(shared):])
     run.view = run.shared.pop(linux.CLONE_NEWNS, None)
     os.dup2(devnull, 0)
     os.dup2(out, 1)
@@ -143,6 +148,21 @@ def _fds(run: _Isolating) -> None:
 def _max_fd() -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     return hard if hard != resource.RLIM_INFINITY and hard < 1 << 20 else 1 << 20
+
+
+def _cgroup(run: _Isolating) -> None:
+    """Join the uid's cgroup(s) (the zygote opened their cgroup.procs files)."""
+    fds, run.cgroup = run.cgroup, ()
+    try:
+        if not fds:
+            raise IsolationError("cgroup", run.config.cgroup_unavailable or
+                                 "no cgroup for this uid")
+        for fd in fds:
+            os.write(fd, b"0")
+    finally:
+        for fd in fds:
+            os.close(fd)
+    run.report.ok("cgroup")
 
 
 def _session(run: _Isolating) -> None:
@@ -413,7 +433,7 @@ def _expected_parent(run: _Isolating) -> int:
     return 0 if run.pid_ns == "" else run.config.zygote_pid
 
 
-_APPLY = {"fds": _fds, "session": _session, "environment": _environment,
+_APPLY = {"fds": _fds, "cgroup": _cgroup, "session": _session, "environment": _environment,
           "user_ns": _user_ns, "pid_ns": _pid_ns, "net_ns": _net_ns, "mount_ns": _mount_ns,
           "scratch": _scratch, "ipc_ns": _ipc_ns, "uts_ns": _uts_ns,
           "no_new_privs": _no_new_privs, "seccomp": _seccomp, "uid": _uid,
@@ -448,7 +468,8 @@ def prepare(report: Report, config: ChildConfig, spec: ChildSpec,
     except IsolationError as exc:
         return exc
     finally:
-        for fd in list(run.shared.values()) + ([run.view] if run.view is not None else []):
+        for fd in list(run.shared.values()) + list(run.cgroup) + \
+                ([run.view] if run.view is not None else []):
             os.close(fd)  # not joined (a step was skipped, off or failed)
     return None
 
@@ -473,6 +494,8 @@ def native_args(config: ChildConfig, plan: NativePlan, stdio: Tuple[int, int, in
     return {"channel": stdio[0], "stdout": stdio[1], "stderr": stdio[2],
             "net_ns_fd": shared[linux.CLONE_NEWNET], "ipc_ns_fd": shared[linux.CLONE_NEWIPC],
             "uts_ns_fd": shared[linux.CLONE_NEWUTS], "mount_ns_fd": config.views.get(False, -1),
+            "cgroup_fds": b"".join(struct.pack("=i", fd)
+                                   for fd in config.cgroup_fds.get(uid, ())),
             "scratch_view": plan.scratch_view,
             "tmpfs_options": plan.tmpfs_options + b",uid=%d,gid=%d" % (uid, uid),
             "uid": uid, "seccomp_filter": plan.seccomp_filter, "expected_parent": 0,
@@ -497,7 +520,12 @@ def prepare_native(report: Report, config: ChildConfig,
             _, field, soft, _ = config.ceiling_plan[int(what)]
             what = "%s=%s" % (field, soft)
         return IsolationError(step, "%s: %s" % (what, os.strerror(err)))
-    report.applied.extend(NATIVE_REPORTED)
+    if args["cgroup_fds"]:
+        report.applied.extend(NATIVE_REPORTED)
+    else:  # (no cgroup on this host, or the step off: the helper had nothing to join)
+        report.applied.extend(n for n in NATIVE_REPORTED if n != "cgroup")
+        report.skip("cgroup", "disabled by policy" if config.policy.get("cgroup") == OFF
+                    else config.cgroup_unavailable or "no cgroup for this uid")
     report.skip("user_ns", ROOT_SKIPS_USER_NS)
     point_tempfile(config.scratch_view)
     if with_rlimits:  # the ceiling's, as apply_rlimits would have applied them

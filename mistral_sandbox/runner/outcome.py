@@ -44,7 +44,9 @@ class Usage:
     ``wait4`` once the process was reaped: authoritative) or ``"child"`` (the
     runner inside the sandboxed process, right after the action returned: what
     an early-delivered outcome carries; an action that tampers with its own
-    runtime can misstate it). ``wall`` is always measured by the parent.
+    runtime can misstate it). ``wall`` is always measured by the parent. ``tree_cpu``
+    and ``tree_max_rss``: the whole process tree's, from its cgroup, when an
+    execution ended by a signal or out of memory (None otherwise).
     """
 
     wall: float = 0.0
@@ -52,6 +54,8 @@ class Usage:
     cpu_sys: float = 0.0
     max_rss: int = 0
     source: str = "kernel"
+    tree_cpu: Optional[float] = None     # every process of the execution (its cgroup)
+    tree_max_rss: Optional[int] = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -170,6 +174,8 @@ def _usage_and_status(ex, exit_report: Optional[dict]):
         return usage, None, None
     usage.cpu_user, usage.cpu_sys = exit_report["utime"], exit_report["stime"]
     usage.max_rss = exit_report["maxrss"]
+    usage.tree_cpu = exit_report.get("tree_cpu")
+    usage.tree_max_rss = exit_report.get("tree_max_rss")
     raw = exit_report["status"]
     if os.WIFSIGNALED(raw):
         return usage, None, os.WTERMSIG(raw)
@@ -197,6 +203,9 @@ def _without_reply(ex, exit_report, status, sig, usage) -> Tuple[str, str]:
     if not ex.isolation:  # no tenant code runs before the ready message: our side
         return "sandbox_error", "the sandboxed process ended before it started the " \
             "action (%s)" % ("signal %d" % sig if sig is not None else "exit status %s" % status)
+    if exit_report.get("oom_kills"):
+        return "memory_limit", "the execution exceeded its memory limit of %d bytes (its " \
+            "processes together)" % (ex.limits.resident_set_size or 0)
     if sig is not None:
         return classify_signal(ex.limits, sig, usage)
     if status in (0, EXIT_CHANNEL_LOST):  # our runtime: it could not deliver the reply
@@ -213,6 +222,8 @@ def build(ex, exit_report: Optional[dict]) -> "Outcome":
     fields: Dict[str, Any] = {}
     if ex.kill_reason:
         reason, message = ex.kill_reason, ex.kill_message
+    elif exit_report is not None and exit_report.get("oom_kills") and ex.isolation:
+        reason, message = _without_reply(ex, exit_report, status, sig, usage)
     elif reply is not None and reply["type"] == "result":
         reason, message = "ok", ""
         fields["result"] = Result(reply.get("data"), reply.get("error"),

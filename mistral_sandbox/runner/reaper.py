@@ -28,7 +28,7 @@ class ChildRecord:
     """One child: a cold execution (``key`` = ("id", execution id)) or a prepared one
     (``key`` = ("slot", slot)). ``contained``: pid 1 of its own pid namespace."""
 
-    __slots__ = ("key", "pid", "uid", "scratch", "contained")
+    __slots__ = ("key", "pid", "uid", "scratch", "contained", "oom")
 
     def __init__(self, key: Tuple[str, int], pid: int, uid: Optional[int], scratch: str,
                  contained: bool):
@@ -37,6 +37,7 @@ class ChildRecord:
         self.uid = uid
         self.scratch = scratch
         self.contained = contained
+        self.oom = False  # its cgroup ran out of memory: killed whole
 
 
 def _real_uid(pid: int) -> Optional[int]:
@@ -92,6 +93,7 @@ class Reaper:
         self.children: Dict[Tuple[str, int], ChildRecord] = {}
         self.by_pid: Dict[int, ChildRecord] = {}
         self.draining: List[Tuple[ChildRecord, dict, float]] = []
+        self.cgroups = None  # the uids' cgroups (UidCgroups), when there are any
         self.children_path = "/proc/%d/task/%d/children" % (os.getpid(), os.getpid())
 
     def track(self, record: ChildRecord) -> None:
@@ -104,6 +106,16 @@ class Reaper:
         record = self.children.get(key)
         if record is not None:
             killpg(record.pid)
+
+    def kill_uid(self, uid: int, oom: bool = False) -> None:
+        """Kill the execution running under ``uid`` (``oom``: its cgroup ran out of
+        memory), if there is one."""
+        for record in self.children.values():
+            if record.uid == uid:
+                record.oom = record.oom or oom
+                killpg(record.pid)
+                if self.cgroups is not None:
+                    self.cgroups.kill(uid)
 
     def _survivors(self, record: ChildRecord) -> bool:
         """True if a process of ``record``'s uid may still live once it is dead: every
@@ -162,6 +174,9 @@ class Reaper:
         report = {"op": control.EXIT, kind: key, "pid": pid, "status": status,
                   "utime": ru.ru_utime, "stime": ru.ru_stime, "maxrss": ru.ru_maxrss * 1024,
                   "swept": swept}
+        if self.cgroups is not None and record.uid is not None and \
+                (record.oom or os.WIFSIGNALED(status)):  # (what the tree used, and why)
+            report.update(self.cgroups.usage(record.uid))
         self.draining.append((record, report, time.monotonic() + DRAIN_TIMEOUT))
 
     def _finish_drained(self) -> None:
@@ -177,6 +192,8 @@ class Reaper:
                     continue
                 report["survivors"] = True
             report["scratch_removed"] = remove_tree(record.scratch)
+            if self.cgroups is not None and record.uid is not None:
+                self.cgroups.reset(record.uid)
             self.uids.give_back(record.uid)
             self.report(report)
         self.draining = still

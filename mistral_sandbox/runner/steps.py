@@ -35,6 +35,8 @@ class Step:
 STEPS: Tuple[Step, ...] = (
     Step("fds", REQUIRED, "only stdin (/dev/null), stdout/stderr (capture pipes) and the "
          "channel (fd 3) are open", native=True),
+    Step("cgroup", BEST_EFFORT, "a cgroup of its own: memory (swap off), process count and "
+         "CPU time hold for the whole process tree, not per process", native=True),
     Step("session", REQUIRED, "own process group in the zygote's terminal-less session "
          "(the group is killed at the end)", native=True),
     Step("environment", REQUIRED, "environment replaced by PATH, HOME, TMPDIR, LANG, LC_ALL "

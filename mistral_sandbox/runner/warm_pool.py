@@ -19,13 +19,15 @@ COLD_FALLBACK_WAIT = 0.02  # seconds an execution waits for a prepared child, th
 
 
 class WarmChild:
-    """A prepared child nobody has taken: its slot, pid, scratch path and our ends of
-    its channel and output pipes."""
+    """A prepared child nobody has taken: its slot, pid, scratch path, sandbox uid (and
+    its cgroup's CPU baseline), and our ends of its channel and output pipes."""
 
-    __slots__ = ("slot", "pid", "scratch", "sock", "out_r", "err_r")
+    __slots__ = ("slot", "pid", "scratch", "uid", "cpu_base", "sock", "out_r", "err_r")
 
-    def __init__(self, slot: int, pid: int, scratch: str, fds: List[int]):
+    def __init__(self, slot: int, pid: int, scratch: str, uid: Optional[int],
+                 cpu_base: float, fds: List[int]):
         self.slot, self.pid, self.scratch = slot, pid, scratch
+        self.uid, self.cpu_base = uid, cpu_base
         self.sock = socket.socket(fileno=fds[0])
         self.out_r, self.err_r = fds[1], fds[2]
         # made non-blocking now, while the child waits, not on the request's path
@@ -51,10 +53,11 @@ class WarmPool:
         self._taken: Set[int] = set()   # slots taken by executions still undelivered
 
     def announce(self, slots, fds: List[int]) -> None:
-        """Prepared children from the zygote: ``[[slot, pid, scratch]...]`` and three fds
-        each."""
-        for i, (slot, pid, scratch) in enumerate(slots):
-            self.idle.append(WarmChild(int(slot), int(pid), scratch, fds[3 * i:3 * i + 3]))
+        """Prepared children from the zygote: ``[[slot, pid, scratch, uid, cpu_base]...]``
+        and three fds each."""
+        for i, (slot, pid, scratch, uid, cpu_base) in enumerate(slots):
+            self.idle.append(WarmChild(int(slot), int(pid), scratch, uid, float(cpu_base),
+                                       fds[3 * i:3 * i + 3]))
         self.pids = frozenset(w.pid for w in self.idle)
 
     def serves(self, network: bool) -> bool:

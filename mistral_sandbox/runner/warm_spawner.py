@@ -55,6 +55,7 @@ class WarmSpawner:
         self.fork_child = fork_child
         self.send = send
         self.idle: Set[int] = set()  # slots of prepared children nobody has taken yet
+        self.cpu_base = lambda uid: 0.0  # the uid cgroup's CPU baseline (set by the zygote)
         self.seq = 0
         self.failures = 0  # prepared children in a row that died before being taken
         self.paused_until = 0.0
@@ -116,15 +117,15 @@ class WarmSpawner:
             self.reaper.track(ChildRecord(("slot", kit.slot), pid, kit.uid, kit.scratch,
                                           contained))
             self.idle.add(kit.slot)
-            born.append((kit.slot, pid, kit.scratch, kit.ours))
+            born.append(([kit.slot, pid, kit.scratch, kit.uid, self.cpu_base(kit.uid)],
+                         kit.ours))
         self._announce(born)
 
     def _announce(self, born) -> None:
         for i in range(0, len(born), control.WARM_PER_MESSAGE):
             batch = born[i:i + control.WARM_PER_MESSAGE]
-            fds = [fd for b in batch for fd in b[3]]
-            self.send(control.message(control.WARM, slots=[[b[0], b[1], b[2]] for b in batch]),
-                      fds)
+            fds = [fd for b in batch for fd in b[1]]
+            self.send(control.message(control.WARM, slots=[b[0] for b in batch]), fds)
             control.close_all(fds)
 
     def _kit(self) -> Optional[_Kit]:

@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Tuple
 import _signal
 
 from mistral_sandbox.runner import child as child_mod
-from mistral_sandbox.runner import control, isolation, linux, native_plan, seccomp, view
+from mistral_sandbox.runner import cgroups, control, isolation, linux, native_plan, seccomp, view
 from mistral_sandbox.runner.child_config import ChildConfig, ChildSpec
 from mistral_sandbox.runner.reaper import DRAIN_POLL_MS, ChildRecord, Reaper, remove_tree
 from mistral_sandbox.runner.steps import OFF, REQUIRED
@@ -129,6 +129,7 @@ class Zygote:
         self.reaper = Reaper(self.uids, self.send, self._reaped)
         self.config: Optional[ChildConfig] = None
         self.warm: Optional[WarmSpawner] = None
+        self.cgroups: Optional[cgroups.UidCgroups] = None
 
     def start(self) -> None:
         linux.set_thread_name(b"ms-zygote")
@@ -150,6 +151,7 @@ class Zygote:
                                   uids=list(self.uids.claimed), **self.facts))
         self.warm = WarmSpawner(int(self.settings.get("warm", 0)), self.config, self.uids,
                                 self.reaper, self.scratch_root, self.fork_child, self.send)
+        self.warm.cpu_base = self._cpu_base
         self.warm.spawn(self.warm.target)
 
     def _child_config(self) -> ChildConfig:
@@ -164,20 +166,42 @@ class Zygote:
         shared, namespaces = shared_namespaces(policy, self.root, s.get("share_namespaces", True))
         programs, unavailable = seccomp_programs(policy, s.get("seccomp_library"))
         views, scratch_view, view_state, unreadable = self._views(policy)
+        cgroup_state = self._cgroups(policy, ceiling)
         isolation.scrub_base_environment(scratch_view)  # (HOME and TMPDIR: the scratch)
         config = ChildConfig(
             zygote_pid=self.pid, max_frame=int(s["max_frame"]), policy=policy, ceiling=ceiling,
             ceiling_plan=tuple(isolation.rlimit_plan(ceiling)), scratch_view=scratch_view,
             scratch_tmpfs=s.get("scratch_size"), seccomp=programs,
             seccomp_unavailable=unavailable, shared_ns=shared, views=views,
+            cgroup_fds=self.cgroups.join if self.cgroups else {},
+            cgroup_unavailable="" if self.cgroups else cgroup_state,
             pid_ns=self.pidns_forker is not None, unreadable_paths=tuple(unreadable))
         config, native = native_plan.plan(config, s.get("native_isolation", True), self.root,
                                           self.uids.peek(), self.fork_child)
         self.facts = {"unreadable_paths": list(unreadable), "seccomp": unavailable or "ok",
                       "namespaces": namespaces, "native_isolation": native,
                       "view": view_state, "scratch_view": scratch_view,
+                      "cgroups": cgroup_state,
+                      "cgroup_layout": self.cgroups.layout.to_dict() if self.cgroups else None,
                       "policy": dict(policy)}
         return config
+
+    def _cgroups(self, policy, ceiling) -> str:
+        """A cgroup per claimed uid (as root, with the cgroup step on): "v1" or "v2", or
+        why not (``self.cgroups`` stays None)."""
+        if not self.root:
+            return "not root"
+        if policy.get("cgroup") == OFF:
+            return "the cgroup step is off"
+        try:
+            layout = cgroups.detect()
+            self.cgroups = cgroups.UidCgroups(layout, self.uids.claimed,
+                                              ceiling.get("resident_set_size"),
+                                              ceiling.get("number_processes"))
+        except (cgroups.CgroupsUnavailable, OSError) as exc:
+            return "unavailable: %s" % exc
+        self.reaper.cgroups = self.cgroups
+        return "v%d" % layout.version
 
     def _views(self, policy) -> Tuple[Dict[bool, int], str, str, List[str]]:
         """The template views children copy (as root, with the mount_ns step on): (fds,
@@ -227,6 +251,9 @@ class Zygote:
         poller = select.poll()
         poller.register(self.ctl.fileno(), select.POLLIN)
         poller.register(self.wake_r, select.POLLIN)
+        if self.cgroups is not None:
+            for fd in self.cgroups.watch:
+                poller.register(fd, self.cgroups.poll_events())
         ctl_fd = self.ctl.fileno()
         warm, reaper = self.warm, self.reaper
         while True:
@@ -252,9 +279,23 @@ class Zygote:
                 if fd == ctl_fd:
                     if not self.handle_ctl():
                         self.terminate()
-                else:
+                elif fd == self.wake_r:
                     self._drain_wakeups()
                     reaper.reap()
+                else:
+                    self._out_of_memory(fd)
+
+    def _cpu_base(self, uid: Optional[int]) -> float:
+        if self.cgroups is None or uid is None:
+            return 0.0
+        return self.cgroups.cpu_base(uid)
+
+    def _out_of_memory(self, fd: int) -> None:
+        """A uid's cgroup killed for memory: the whole execution goes (its exit report
+        says why)."""
+        uid = self.cgroups.oom_event(fd)
+        if uid is not None:
+            self.reaper.kill_uid(uid, oom=True)
 
     def _drain_wakeups(self) -> None:
         try:
@@ -305,7 +346,8 @@ class Zygote:
                 self._fork_failed(exec_id, "fork: %s" % exc)
                 return
             self.reaper.track(ChildRecord(("id", exec_id), pid, uid, scratch, contained))
-            self.send(control.message(control.FORKED, id=exec_id, pid=pid, scratch=scratch))
+            self.send(control.message(control.FORKED, id=exec_id, pid=pid, scratch=scratch,
+                                      uid=uid, cpu_base=self._cpu_base(uid)))
         finally:
             control.close_all(fds)
 
@@ -321,6 +363,8 @@ class Zygote:
         supervisor died (we were reparented) nobody else will clean up: then also our
         log and the sandbox's own temporary root, once empty (never an operator's)."""
         self.reaper.terminate_all()
+        if self.cgroups is not None:
+            self.cgroups.remove()
         remove_tree(self.scratch_root)
         if os.getppid() != self.supervisor_pid:
             for cleanup in (lambda: os.unlink(self.scratch_root + ".stderr"),

@@ -40,6 +40,7 @@ class ZygoteLink:
         """Start watching the (started) zygote's control socket in ``engine``'s loop."""
         self.engine = engine
         self.client.on_backlog = self._watch_writable
+        engine.watchdog.zygote_started(self.client.info, engine.settings.ceiling)
         engine.sel.register(self.client.ctl, selectors.EVENT_READ, self._on_ctl)
 
     def _watch_writable(self, backlog: bool) -> None:
@@ -112,7 +113,7 @@ class ZygoteLink:
         if ex is None:
             return
         if op == control.FORKED:
-            ex.pid, ex.scratch = msg["pid"], msg["scratch"]
+            engine.forked(ex, msg["pid"], msg["scratch"], msg["uid"], msg["cpu_base"])
         elif op == control.FORK_FAILED:
             ex.kill_reason = "sandbox_error"
             ex.kill_message = "the zygote could not fork a child: %s" % msg["error"]
@@ -174,6 +175,7 @@ class ZygoteLink:
             return
         client.restarts += 1
         self.ready = True
+        self.engine.watchdog.zygote_started(client.info, self.engine.settings.ceiling)
         LOG.warning("zygote restarted (generation %d)", client.generation)
         self.engine.sel.modify(client.ctl, selectors.EVENT_READ, self._on_ctl)
 

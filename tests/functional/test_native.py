@@ -90,6 +90,17 @@ def test_other_configurations_keep_the_python_steps(no_leaks, kwargs, why):
         assert sb.run("std.noop").ok
 
 
+@pytest.mark.skipif(not ROOT, reason="the native path is the root configuration's")
+def test_the_cgroup_step_off_keeps_native_isolation(no_leaks):
+    """The helper is given no cgroup to join and reports the step as the policy says."""
+    with Sandbox(max_workers=1, warm=0, isolation={"cgroup": "off"}) as sb:
+        assert sb.zygote_info["native_isolation"] == "on"
+        out = sb.run("std.noop")
+    assert out.ok
+    assert "cgroup" not in out.isolation["applied"]
+    assert {"step": "cgroup", "reason": "disabled by policy"} in out.isolation["skipped"]
+
+
 @pytest.mark.skipif(not ROOT, reason="mounting needs root")
 def test_a_failing_native_step_is_named_with_its_reason():
     """In a throwaway process: every step before the mount succeeds (its own namespaces
@@ -104,7 +115,8 @@ ipc = os.open("/proc/self/ns/ipc", os.O_RDONLY)
 uts = os.open("/proc/self/ns/uts", os.O_RDONLY)
 failed, err, what, costs = _native.prepare(
     channel=b.fileno(), stdout=1, stderr=2, net_ns_fd=net, ipc_ns_fd=ipc, uts_ns_fd=uts,
-    mount_ns_fd=-1, scratch_view=b"/nonexistent/view", tmpfs_options=b"size=1048576", uid=65534,
+    mount_ns_fd=-1, cgroup_fds=b"", scratch_view=b"/nonexistent/view",
+    tmpfs_options=b"size=1048576", uid=65534,
     seccomp_filter=0, expected_parent=os.getppid(), in_pid_ns=False, rlimits=b"")
 print(json.dumps([steps.NATIVE_ORDER[failed], os.strerror(err), what, os.getuid(),
                   sorted(int(f) for f in os.listdir("/proc/self/fd"))[:4]]))
@@ -134,7 +146,7 @@ config = ChildConfig(
     zygote_pid=os.getppid(), max_frame=1 << 20, policy={}, ceiling={"number_files": 100},
     ceiling_plan=((resource.RLIMIT_NOFILE, "number_files", 100, 10),), scratch_view=view,
     scratch_tmpfs=1 << 20, seccomp={False: program}, seccomp_unavailable="",
-    shared_ns=shared, views={}, pid_ns=False,
+    shared_ns=shared, views={}, cgroup_fds={}, cgroup_unavailable="not here", pid_ns=False,
     native=NativePlan(_native.prepare, view.encode(), b"size=1048576,mode=0700",
                       program.address))
 a, b = socket.socketpair()

@@ -1,0 +1,176 @@
+"""The attacks that got through the first isolation (each performed for real, as a
+tenant would): io_uring sockets, outliving the wall time, limits per process instead
+of per execution, channels between two executions, the host's file system, ptys, the
+memlock limit and the tenant's log levels."""
+
+import logging
+import os
+import socket
+import threading
+
+import pytest
+
+from mistral_sandbox import Sandbox
+from mistral_sandbox.runner.limits import DEFAULT_CEILING
+from tests.conftest import FIXTURES, readable_by_sandbox_uids
+
+ROOT = os.geteuid() == 0
+E = "escape_actions:"
+
+
+def test_io_uring_cannot_make_a_socket(sandbox, then_works, shared_tmp_path):
+    """IORING_OP_SOCKET is a socket() that seccomp never sees: io_uring is refused."""
+    readable_by_sandbox_uids(shared_tmp_path, 0o755)
+    path = os.path.join(shared_tmp_path, "daemon.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    readable_by_sandbox_uids(path, 0o777)
+    listener.listen(1)
+    listener.settimeout(0)
+    try:
+        out = sandbox.run(E + "UsesIoUring", {"path": path})
+        assert out.exit_reason == "ok", out.message
+        for family in ("unix", "inet", "inet6", "netlink", "vsock", "connect"):
+            assert out.result.data[family].startswith("denied:"), out.result.data
+        assert {v for k, v in out.result.data.items()} <= {"denied:EPERM", "denied:ENOENT"}
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nobody connected
+    finally:
+        listener.close()
+
+
+def test_an_action_cannot_outlive_its_reply(no_leaks):
+    """An action that leaves a trap for the runner's exit path (a sys.stdout whose
+    flush() never returns once the reply is sent) must not keep its process, uid and
+    worker: the next execution runs, and shutdown returns."""
+    sb = Sandbox(max_workers=1, extra_path=[FIXTURES])
+    try:
+        out = sb.run(E + "OutlivesItsReply", limits={"timeout": "2s"})
+        assert out.exit_reason == "ok" and out.result.data == "returned"
+        assert sb.submit("std.echo", {"output": "next"}).result(timeout=60).result.data == \
+            "next"
+    finally:
+        done = threading.Thread(target=sb.shutdown)
+        done.start()
+        done.join(timeout=120)
+    assert not done.is_alive(), "shutdown(wait=True) did not return"
+
+
+def test_a_delivered_execution_is_killed_if_it_does_not_exit(no_leaks):
+    """An action that sends a reply of its own, closes everything the parent waits for
+    and keeps running: its outcome is delivered, but its process does not keep the
+    worker: it is killed a few seconds later and the next execution runs."""
+    with Sandbox(max_workers=1, extra_path=[FIXTURES]) as sb:
+        out = sb.run(E + "ForgesItsReplyAndStays", limits={"timeout": "600s"})
+        assert out.exit_reason == "ok" and out.result.data == "forged"
+        nxt = sb.submit("std.echo", {"output": "next"}).result(timeout=60)
+        assert nxt.result.data == "next"
+        assert sb.status()["killed_after_reply"] == 1
+
+
+def _tree_limits_sandbox():
+    return Sandbox(max_workers=1, extra_path=[FIXTURES], wait_exit=True)
+
+
+def test_the_memory_limit_holds_for_the_whole_execution(no_leaks):
+    """4 processes x 200 MiB under memory=256MiB: the execution as a whole is over its
+    limit (rlimits alone are per process and let it hold 800 MiB)."""
+    with _tree_limits_sandbox() as sb:
+        out = sb.run(E + "ForksMemoryHogs", {"n": 4, "mb": 200},
+                     limits={"memory": "256MiB", "timeout": "60s"})
+        assert out.exit_reason == "memory_limit", (out.exit_reason, out.message, out.result)
+        if "cgroup" in out.isolation["applied"]:
+            assert out.usage.max_rss <= 256 * 2 ** 20 + 16 * 2 ** 20
+
+
+def test_the_cpu_limit_holds_for_the_whole_execution(no_leaks):
+    """4 processes that ignore SIGXCPU, spinning, under cpu=2s: the execution is stopped
+    once the whole tree used its 2 s (per-process rlimits let it use about 4 x 3 s)."""
+    with _tree_limits_sandbox() as sb:
+        out = sb.run(E + "ForksCpuSpinners", {"n": 4, "seconds": 8},
+                     limits={"cpu": "2s", "timeout": "60s"})
+        assert out.exit_reason == "cpu_limit", (out.exit_reason, out.message, out.result)
+        assert out.usage.cpu_user + out.usage.cpu_sys < 4.0, out.usage
+
+
+def test_two_executions_cannot_talk_through_abstract_unix_names(sandbox, then_works):
+    name = "ms-escape-%d" % os.getpid()
+    listener = sandbox.submit(E + "ListensAbstract", {"name": name, "seconds": 5})
+    sender = sandbox.submit(E + "SendsAbstract", {"name": name, "tries": 30})
+    got, sent = listener.result(timeout=60), sender.result(timeout=60)
+    assert got.exit_reason == "ok" and sent.exit_reason == "ok", (got.message, sent.message)
+    assert got.result.data["bind"].startswith("denied:") or \
+        got.result.data["received"].startswith("none:"), got.result.data
+    assert sent.result.data.startswith("denied:"), sent.result.data
+
+
+def test_netlink_is_refused_without_network(sandbox, then_works):
+    """NETLINK_USERSOCK reached another execution, NETLINK_SOCK_DIAG listed its
+    sockets: no netlink socket at all without network."""
+    out = sandbox.run(E + "UsesNetlink")
+    assert out.exit_reason == "ok", out.message
+    assert out.result.data == {"usersock": "denied:EPERM", "sock_diag": "denied:EPERM",
+                               "route": "denied:EPERM"}
+
+
+def test_the_host_file_system_is_out_of_sight(sandbox, then_works, shared_tmp_path):
+    """World-readable files of the host (a config file left 0644, /etc) are not in the
+    action's view, and its /proc/1/cmdline says nothing of the configuration."""
+    readable_by_sandbox_uids(shared_tmp_path, 0o755)
+    planted = os.path.join(shared_tmp_path, "mistral.conf")
+    with open(planted, "w") as f:
+        f.write("transport_url = rabbit://secret@host/\n")
+    readable_by_sandbox_uids(planted, 0o644)
+    out = sandbox.run(E + "ReadsHostFiles", {"paths": [planted, "/etc/passwd",
+                                                       "/etc/hostname"]})
+    assert out.exit_reason == "ok", out.message
+    data = out.result.data
+    for path in (planted, "/etc/passwd", "/etc/hostname"):
+        assert data[path] == "denied:ENOENT", (path, data[path])
+    # of /etc only what the dynamic loader and time zones need (no name resolution:
+    # no network)
+    assert set(data["etc"]) <= {"ld.so.cache", "localtime"}, data["etc"]
+    for secret in ("uid_lock_dir", "scratch_root", "ceiling", "policy"):
+        assert secret not in data["cmdline"], data["cmdline"]
+
+
+def test_ptys_are_out_of_reach(sandbox, then_works):
+    """/dev/ptmx of the host's devpts let three processes hold 750 of the host's 4096
+    ptys: an execution gets none."""
+    out = sandbox.run(E + "OpensPtys", {"n": 64})
+    assert out.exit_reason == "ok", out.message
+    assert out.result.data["opened"] == 0 and out.result.data["error"] in ("ENOENT", "EPERM")
+
+
+def test_memlock_is_small_and_tenant_log_levels_are_capped(sandbox, then_works, caplog):
+    with caplog.at_level(logging.DEBUG, logger="mistral_sandbox.action"):
+        out = sandbox.run(E + "ReportsLimits")
+    assert out.exit_reason == "ok", out.message
+    assert out.result.data["memlock"][1] <= DEFAULT_CEILING.memory_locked <= 64 * 1024
+    records = [r for r in caplog.records if "tenant record at CRITICAL" in r.getMessage()]
+    assert len(records) == 1
+    assert records[0].levelno == logging.WARNING
+    assert records[0].name == "mistral_sandbox.action.escape_actions:ReportsLimits"
+    assert [e["level"] for e in out.logs if "tenant record" in e["msg"]] == [logging.CRITICAL]
+    assert "1 log record above WARNING logged at WARNING on the host" in out.notes
+
+
+@pytest.mark.skipif(not ROOT, reason="sandbox uids exist as root only")
+def test_a_package_under_a_private_directory_is_importable(no_leaks, tmp_path):
+    """pytest's tmp_path is under a 0700 directory: sandbox uids could import nothing
+    from there that the zygote did not preload. The view makes it readable without
+    changing anything on the host."""
+    pack = tmp_path / "private_pack"
+    pack.mkdir()
+    (pack / "private_action.py").write_text(
+        "from mistral_sandbox.api import Action\n"
+        "class Hello(Action):\n"
+        "    def run(self, context):\n"
+        "        return 'hello from a 0700 home'\n")
+    mode = os.stat(tmp_path.parent).st_mode & 0o777
+    assert not mode & 0o001  # (the premise: others cannot traverse it)
+    with Sandbox(max_workers=1, extra_path=[str(pack)]) as sb:
+        out = sb.run("private_action:Hello")
+    assert out.exit_reason == "ok", out.message
+    assert out.result.data == "hello from a 0700 home"
+    assert os.stat(tmp_path.parent).st_mode & 0o777 == mode
