@@ -59,19 +59,45 @@ def _existing_dirs(paths: Iterable[str]) -> List[str]:
     return kept
 
 
+def _inside(path: str, dirs: Iterable[str]) -> bool:
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in dirs)
+
+
+def interpreter(executable: str = sys.executable,
+                prefix: str = sys.prefix) -> Tuple[List[str], List[Tuple[str, str]]]:
+    """The interpreter, so that an action can start Python (``subprocess``,
+    ``multiprocessing``): ``(files, links)``: the executable's symbolic links as they
+    are, the file they lead to, and a virtual environment's ``pyvenv.cfg`` (without it,
+    the interpreter would not see the environment's packages)."""
+    files, links, path = [], [], os.path.abspath(executable)
+    for _ in range(40):  # (the kernel's own limit on a chain of links)
+        if not os.path.islink(path):
+            break
+        target = os.readlink(path)
+        links.append((path, target))
+        path = os.path.normpath(os.path.join(os.path.dirname(path), target))
+    files.append(path)
+    files.append(os.path.join(prefix, "pyvenv.cfg"))
+    return files, links
+
+
 def plan(module_path: Iterable[str], network: bool) -> Dict[str, List[str]]:
     """What the template of this network setting holds: ``dirs`` and ``files`` bound
     from the host at their real paths, ``links`` (path, target) kept as symbolic
-    links."""
+    links. Files and links inside a bound directory are there already (and must not
+    be touched: the bind is the host's directory)."""
     dirs = list(module_path) + list(LIBRARY_DIRS) + list(SHARED_DIRS)
-    files = list(FILES)
+    files, links = interpreter()
+    files += FILES
     if network:
         dirs += NETWORK_DIRS
         files += NETWORK_FILES
-    links = [(p, os.readlink(p)) for p in LIBRARY_DIRS if os.path.islink(p)]
+    links += [(p, os.readlink(p)) for p in LIBRARY_DIRS if os.path.islink(p)]
     bound = _existing_dirs(p for p in dirs if not os.path.islink(p))
-    return {"dirs": bound, "files": sorted({p for p in files if os.path.isfile(p)}),
-            "links": links, "scratch": scratch_path(bound)}
+    files = [p for p in files if os.path.isfile(p) and not _inside(p, bound)]
+    links = [(p, t) for p, t in links if not _inside(p, bound)]
+    return {"dirs": bound, "files": sorted(set(files)), "links": links,
+            "scratch": scratch_path(bound)}
 
 
 def scratch_path(bound_dirs: Iterable[str]) -> str:
@@ -109,7 +135,7 @@ def _populate(root: str, layout: Dict[str, List[str]]) -> None:
         open(target, "w").close()
         _bind(os.path.realpath(source), target)
     for path, target in layout["links"]:
-        if not os.path.lexists(root + path):
+        if not os.path.lexists(root + path):  # (two chains may share a link)
             _mkdirs(root, os.path.dirname(path))
             os.symlink(target, root + path)
     dev = _mkdirs(root, "/dev")
