@@ -25,21 +25,4 @@ if ! .venv/bin/python -m pip install --quiet -e '.[test]' >"$log" 2>&1; then
 fi
 rm -f "$log"
 
-# As root, actions run under unprivileged sandbox uids, which must be able to read the
-# Python installation to import modules the zygote did not preload. Grant traversal
-# (o+x, not listing) on any directory above the interpreter's library that lacks it.
-if [ "$(id -u)" = 0 ]; then
-    .venv/bin/python - <<'PY'
-import os, sys, sysconfig
-for top in {sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"], os.getcwd()}:
-    parts = os.path.realpath(top).split(os.sep)
-    for i in range(2, len(parts) + 1):
-        d = os.sep.join(parts[:i])
-        mode = os.stat(d).st_mode
-        if not mode & 0o001:
-            print("scripts/test.sh: granting o+x on %s so sandbox uids can traverse it" % d)
-            os.chmod(d, mode | 0o001)
-PY
-fi
-
 exec .venv/bin/python -m pytest "$@"

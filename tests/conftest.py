@@ -23,6 +23,7 @@ File descriptors are this process's own already; the checks leave out the fds th
 shared sandboxes hold for their idle warm children (their pools refill at any time).
 """
 
+import contextlib
 import gc
 import os
 import shutil
@@ -91,19 +92,39 @@ def session_tmp():
     return SESSION["tmp"]
 
 
+@contextlib.contextmanager
+def traversable_by_others(*paths):
+    """Grant ``o+x`` on the directories leading to ``paths`` that lack it, for the
+    duration of the block, then restore their modes: for the one test that runs the
+    CLI as another user (not root), which must be able to start the installed Python.
+    As root the minimal view makes such grants unnecessary."""
+    changed = {}
+    try:
+        for path in paths:
+            parts = os.path.realpath(path).split(os.sep)
+            for i in range(2, len(parts) + 1):
+                d = os.sep.join(parts[:i])
+                mode = os.stat(d).st_mode
+                if os.path.isdir(d) and not mode & 0o001 and d not in changed:
+                    changed[d] = mode & 0o7777
+                    os.chmod(d, changed[d] | 0o001)
+        yield
+    finally:
+        for d, mode in changed.items():
+            os.chmod(d, mode)
+
+
 def readable_by_sandbox_uids(path, mode):
     """Give ``path`` ``mode`` so that an action can reach it: the one place the suite
     changes permissions for sandbox uids.
 
-    As root, actions run as unprivileged sandbox uids and (today) see the host's file
-    system, read-only. A test that hands an action a path — to show that the sandbox,
-    not the path's permissions, stops it — must make that path reachable by "others":
-    this sets ``mode`` on ``path`` and fails the test if a directory above it is not
-    traversable (it never widens a directory the test did not make; pytest's
-    ``tmp_path`` is under a 0700 directory: use :func:`shared_tmp_path` instead).
-
-    It goes away with the isolation hardening's minimal file-system view: an action will
-    then see no host path at all, and no test will need to grant anything.
+    As root, actions run as unprivileged sandbox uids. A test that hands an action a
+    host path — to show that the sandbox (the minimal view, seccomp), not the path's
+    permissions, stops it — or that runs in the host's view (``mount_ns`` off) must make
+    that path reachable by "others": this sets ``mode`` on ``path`` and fails the test
+    if a directory above it is not traversable (it never widens a directory the test
+    did not make; pytest's ``tmp_path`` is under a 0700 directory: use
+    :func:`shared_tmp_path` instead).
     """
     os.chmod(path, mode)
     parent = os.path.dirname(os.path.abspath(path))

@@ -7,13 +7,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 
 import psutil
 import pytest
 
-from tests.conftest import session_tmp
+from tests.conftest import session_tmp, traversable_by_others
 
 # each run's sandbox (its zygote, children, scratch root in TMPDIR) must be gone after it
 pytestmark = pytest.mark.usefixtures("no_leaks")
@@ -128,10 +129,13 @@ def test_runs_as_an_unprivileged_user():
     home = tempfile.mkdtemp(prefix="nobody-", dir=session_tmp())
     nobody = pwd.getpwnam("nobody")
     os.chown(home, nobody.pw_uid, nobody.pw_gid)
+    paths = sysconfig.get_paths()
     try:
-        p = subprocess.run(["runuser", "-u", "nobody", "--", "env", "TMPDIR=" + home, exe,
-                            "run", "std.echo", "--param", "output=hi", "--json"],
-                           capture_output=True, text=True, timeout=60, cwd=home)
+        with traversable_by_others(sys.executable, paths["stdlib"], paths["purelib"],
+                                   exe):
+            p = subprocess.run(["runuser", "-u", "nobody", "--", "env", "TMPDIR=" + home,
+                                exe, "run", "std.echo", "--param", "output=hi", "--json"],
+                               capture_output=True, text=True, timeout=60, cwd=home)
         assert os.listdir(home) == []
     finally:
         shutil.rmtree(home)
