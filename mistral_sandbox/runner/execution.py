@@ -26,6 +26,23 @@ from mistral_sandbox.runner.child_io import TAIL_BYTES, ChildIO
 LOG = logging.getLogger(__name__)
 ACTION_LOGGER = "mistral_sandbox.action"  # + "." + the action's name
 HOST_LOG_LEVEL = logging.WARNING  # the highest level a tenant's record gets on the host
+# Reads per readiness event: a child that writes without pause must not keep the I/O
+# thread from its deadlines and the other executions (the selector reports it again).
+READS_PER_EVENT = 2
+LOGGER_NAME_MAX = 200  # characters of a record's logger name kept
+LOG_RECORD_OVERHEAD = 32  # bytes a record costs beyond its text and logger name
+# Log records (kept or dropped) past max(LOG_FLOOD_FACTOR x max_log_bytes,
+# LOG_FLOOD_MIN) end the execution in output_limit: decoding them costs the parent.
+LOG_FLOOD_FACTOR = 8
+LOG_FLOOD_MIN = 8 * 1024 ** 2
+# Control characters in a tenant's text become escapes in the host's log: a record
+# cannot start a forged line of its own.
+_ESCAPES = {c: "\\x%02x" % c for c in list(range(32)) + [127]}
+_ESCAPES.update({10: "\\n", 13: "\\r", 9: "\\t"})
+
+
+class _LogFlood(Exception):
+    """The child sent far more log records than max_log_bytes lets through."""
 
 
 class State:
@@ -100,7 +117,8 @@ class Execution:
         self.isolation: Dict[str, Any] = {}
         self.reply: Optional[Dict[str, Any]] = None
         self.logs: List[Dict[str, Any]] = []
-        self.log_bytes = 0
+        self.log_bytes = 0     # of the records kept
+        self.log_received = 0  # of every record, kept or dropped
         self.logs_dropped = 0
         self.logs_capped = 0  # records above HOST_LOG_LEVEL, logged at it on the host
         self.kill_reason: Optional[str] = None
@@ -156,7 +174,9 @@ class Execution:
         """Read and handle what the child sent: (EOF reached, the child broke the
         protocol and the zygote must be asked to kill it)."""
         io, broke = self.io, False
-        while io.channel_open:
+        for _ in range(READS_PER_EVENT):
+            if not io.channel_open:
+                break
             data = io.recv()
             if data is None:
                 return False, broke
@@ -169,11 +189,13 @@ class Execution:
                         broke |= self.condemn("protocol_error", "the child broke the "
                                               "protocol: %s" % exc)
                 return True, broke
-            if self.kill_reason == "protocol_error":
+            if self.kill_reason:
                 continue  # condemned already: just drain
             try:
                 for msg in io.reader.feed(data):
                     self.on_message(protocol.validate(msg))
+            except _LogFlood as exc:
+                broke |= self.condemn("output_limit", str(exc))
             except protocol.ProtocolError as exc:
                 broke |= self.condemn("protocol_error", "the child broke the protocol: %s"
                                       % exc)
@@ -188,7 +210,7 @@ class Execution:
         limit and the zygote must be asked to kill it)."""
         io, over = self.io, False
         cap = self.limits.max_output_bytes
-        while True:
+        for _ in range(READS_PER_EVENT):
             data = io.read_output(which)
             if data is None:
                 return False, over
@@ -198,6 +220,7 @@ class Execution:
             if cap is not None and io.output_bytes > cap:
                 over |= self.condemn("output_limit", "the action wrote more than %d bytes to "
                                      "stdout/stderr" % cap)
+        return False, over
 
     def on_message(self, msg: Dict[str, Any]) -> None:
         """A validated message from the child; ProtocolError if it is out of order."""
@@ -229,18 +252,25 @@ class Execution:
         """Keep the record for the outcome (bounded by max_log_bytes), and log it on the
         host under the action's own logger, at most at HOST_LOG_LEVEL: a tenant must not
         page an operator with CRITICAL records."""
-        text = self.redact(msg["msg"])
+        name = msg.get("logger")
+        cost = len(msg["msg"]) + (len(name) if name else 0) + LOG_RECORD_OVERHEAD
+        self.log_received += cost
         cap = self.limits.max_log_bytes
-        if cap is not None and self.log_bytes + len(text) > cap:
-            self.logs_dropped += 1
-            return
-        self.log_bytes += len(text)
+        if cap is not None:
+            if self.log_received > max(LOG_FLOOD_FACTOR * cap, LOG_FLOOD_MIN):
+                raise _LogFlood("the action sent more than %d bytes of log records "
+                                "(max_log_bytes=%d)" % (self.log_received - cost, cap))
+            if self.log_bytes + cost > cap:
+                self.logs_dropped += 1
+                return
+        self.log_bytes += cost
+        text = self.redact(msg["msg"])
         level = msg["level"]
-        self.logs.append({"level": level, "logger": self.redact(msg.get("logger")),
-                          "msg": text})
+        self.logs.append({"level": level, "logger": self.redact(
+            name[:LOGGER_NAME_MAX] if name else name), "msg": text})
         if level > HOST_LOG_LEVEL:
             self.logs_capped += 1
             level = HOST_LOG_LEVEL
         logger = logging.getLogger("%s.%s" % (ACTION_LOGGER, self.ref.name))
         if logger.isEnabledFor(level):
-            logger.log(level, "[#%d] %s", self.id, text)
+            logger.log(level, "[#%d] %s", self.id, text.translate(_ESCAPES))

@@ -3,6 +3,7 @@ tenant would): io_uring sockets, outliving the wall time, limits per process ins
 of per execution, channels between two executions, the host's file system, ptys, the
 memlock limit and the tenant's log levels."""
 
+import dataclasses
 import logging
 import os
 import socket
@@ -174,3 +175,46 @@ def test_a_package_under_a_private_directory_is_importable(no_leaks, tmp_path):
     assert out.exit_reason == "ok", out.message
     assert out.result.data == "hello from a 0700 home"
     assert os.stat(tmp_path.parent).st_mode & 0o777 == mode
+
+
+def test_a_log_flood_does_not_stall_the_other_executions_or_the_deadlines(no_leaks):
+    """A child writing log records without pause (no log cap: the operator's choice)
+    kept the parent's I/O thread reading: its wall time was never enforced and a
+    neighbour's std.noop waited 9 s. The neighbour now finishes while the flood runs,
+    and the flood ends at its wall time."""
+    ceiling = dataclasses.replace(DEFAULT_CEILING, max_log_bytes=None)
+    with Sandbox(max_workers=2, extra_path=[FIXTURES], ceiling=ceiling) as sb:
+        flood = sb.submit(E + "FloodsItsChannel", {"seconds": 60}, limits={"timeout": "3s"})
+        neighbour = sb.submit("std.echo", {"output": "neighbour"})
+        assert neighbour.result(timeout=120).result.data == "neighbour"
+        assert not flood.done(), "the neighbour was held up until the flood ended"
+        out = flood.result(timeout=120)
+    assert out.exit_reason == "timeout", (out.exit_reason, out.message)
+
+
+def test_a_log_flood_past_its_cap_ends_the_execution(no_leaks):
+    with Sandbox(max_workers=1, extra_path=[FIXTURES]) as sb:
+        out = sb.run(E + "FloodsItsChannel", {"seconds": 60}, limits={"timeout": "60s"})
+    assert out.exit_reason == "output_limit", (out.exit_reason, out.message)
+    assert "bytes of log records" in out.message
+
+
+def test_logger_names_count_against_the_log_cap(sandbox, then_works):
+    """Records with an empty message and a 1 MiB logger name were all kept (only the
+    message was counted): 3,000 of them took the supervisor to 3.1 GB."""
+    out = sandbox.run(E + "LogsHugeLoggerNames", {"frames": 64, "kib": 1024},
+                      limits={"timeout": "60s"})
+    assert out.exit_reason == "output_limit", (out.exit_reason, out.message)
+    assert len(out.logs) <= 1
+    assert all(len(r["logger"]) <= 200 for r in out.logs)
+
+
+def test_a_tenant_cannot_forge_lines_in_the_host_log(sandbox, then_works, caplog):
+    with caplog.at_level(logging.DEBUG, logger="mistral_sandbox.action"):
+        out = sandbox.run(E + "ForgesHostLogLines")
+    assert out.exit_reason == "ok", out.message
+    [record] = [r for r in caplog.records if "harmless" in r.getMessage()]
+    text = record.getMessage()
+    assert "\n" not in text and "\r" not in text and "\x1b" not in text
+    assert "harmless\\nCRITICAL:" in text
+    assert [r["msg"] for r in out.logs if "harmless" in r["msg"]][0].startswith("harmless\n")
