@@ -24,6 +24,7 @@ under load) and per child, the scaling curves (concurrency up to 64, payload 1 K
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -373,7 +374,10 @@ def _scaling(report: Dict[str, Any], quick: bool, isolation, warm, progress: Pro
             report["scaling"]["concurrency"].append(r)
             progress.show("scaling: concurrency %d" % c, 1, 1)
     report["scaling"]["payload"] = []
-    with Sandbox(max_workers=2, isolation=isolation,
+    from mistral_sandbox.runner.limits import DEFAULT_CEILING
+    # (the default ceiling keeps results to 1 MiB, as Mistral stores them)
+    ceiling = dataclasses.replace(DEFAULT_CEILING, max_result_bytes=16 * 1024 ** 2)
+    with Sandbox(max_workers=2, isolation=isolation, ceiling=ceiling,
                  warm=None if warm is None else min(warm, 2)) as sb:
         for size in (1024, 10 * 1024, 100 * 1024, 1024 ** 2, 10 * 1024 ** 2):
             payload = {"output": "x" * size}

@@ -406,6 +406,7 @@ def _run_and_reply(config: ChildConfig, channel: Channel, request: Dict[str, Any
             channel.error("result_too_large", "result of %d bytes exceeds max_result_bytes=%d"
                           % (len(frame), max_result))
         else:
+            protocol.check_containers(frame[protocol.HEADER.size:])
             channel.send_raw(frame)
     except MemoryError:
         channel.send_raw(out_of_memory)

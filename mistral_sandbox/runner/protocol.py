@@ -146,11 +146,62 @@ def _may_be_too_deep(body: bytes) -> bool:
     return True
 
 
+# A list or map costs the decoder 50-100 bytes however few bytes encode it (an empty
+# list is one byte): a message may hold CONTAINERS_FREE of them, and beyond that one
+# per CONTAINER_BYTES bytes of its body. Denser data (a 16 MB result of empty lists
+# took the parent to 2.3 GB) is refused.
+CONTAINERS_FREE = 1 << 16
+CONTAINER_BYTES = 4
+
+
+def container_limit(size: int) -> int:
+    """How many lists and maps a body of ``size`` bytes may hold."""
+    return max(CONTAINERS_FREE, size // CONTAINER_BYTES)
+
+
+def _may_hold_too_many(body: bytes) -> bool:
+    """False if ``body`` certainly holds at most :func:`container_limit` containers
+    (its count of container header bytes is an upper bound)."""
+    limit = container_limit(len(body))
+    return len(body) > limit and body.translate(_CONTAINER_BYTES).count(1) > limit
+
+
+def check_containers(body: bytes) -> None:
+    """ProtocolError if ``body`` holds more lists and maps than its size allows (what
+    the parent's :func:`unpackb` would refuse; a sender checks its own message)."""
+    if _may_hold_too_many(body):
+        budget = _ContainerBudget(container_limit(len(body)))
+        msgpack.unpackb(body, raw=False, strict_map_key=False, use_list=True, timestamp=3,
+                        list_hook=budget.take, object_hook=budget.take)
+
+
+class _ContainerBudget:
+    """Hooks that count the decoded lists and maps and stop the decoder past the
+    limit (before the rest is allocated)."""
+
+    __slots__ = ("left", "limit")
+
+    def __init__(self, limit: int):
+        self.left = self.limit = limit
+
+    def take(self, container):
+        self.left -= 1
+        if self.left < 0:
+            raise ProtocolError("message holds more than %d lists and maps (at most one "
+                                "per %d bytes)" % (self.limit, CONTAINER_BYTES))
+        return container
+
+
 def unpackb(body: bytes) -> Any:
-    """Decode one msgpack body with the protocol's restrictions."""
+    """Decode one msgpack body with the protocol's restrictions: no extension types,
+    at most MAX_DEPTH levels, at most :func:`container_limit` lists and maps."""
+    hooks: Dict[str, Any] = {}
+    if _may_hold_too_many(body):
+        budget = _ContainerBudget(container_limit(len(body)))
+        hooks = {"list_hook": budget.take, "object_hook": budget.take}
     try:
         obj = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True,
-                              timestamp=3, ext_hook=_reject_ext)
+                              timestamp=3, ext_hook=_reject_ext, **hooks)
     except ProtocolError:
         raise
     except msgpack.StackError:

@@ -218,3 +218,17 @@ def test_a_tenant_cannot_forge_lines_in_the_host_log(sandbox, then_works, caplog
     assert "\n" not in text and "\r" not in text and "\x1b" not in text
     assert "harmless\\nCRITICAL:" in text
     assert [r["msg"] for r in out.logs if "harmless" in r["msg"]][0].startswith("harmless\n")
+
+
+def test_a_dense_result_frame_is_refused_by_the_parent(sandbox, then_works):
+    """A million empty lists fit in a 1 MiB result frame and cost the parent ~60 MB to
+    decode (16 million: 2.3 GB and 14 s of its I/O thread)."""
+    out = sandbox.run(E + "SendsDenseResult", {"n": 1000000})
+    assert out.exit_reason == "protocol_error", (out.exit_reason, out.message)
+    assert "lists and maps" in out.message and out.result is None
+
+
+def test_an_honest_dense_result_ends_in_output_limit(sandbox, then_works):
+    out = sandbox.run(E + "ReturnsDenseResult", {"n": 1000000})
+    assert out.exit_reason == "output_limit", (out.exit_reason, out.message)
+    assert "lists and maps" in out.message

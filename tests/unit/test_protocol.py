@@ -148,3 +148,29 @@ def test_depth_ok_counts_only_containers():
     assert protocol.depth_ok({"a": [1, {"b": (2, 3)}]}, limit=4)  # 4 levels
     assert not protocol.depth_ok({"a": [1, {"b": (2, 3)}]}, limit=3)
     assert protocol.depth_ok([], limit=1) and not protocol.depth_ok([[]], limit=1)
+
+
+def _empty_lists(n):
+    return b"\xdd" + struct.pack(">I", n) + b"\x90" * n
+
+
+def test_dense_containers_are_refused_before_they_are_all_built():
+    """An empty list is one byte to encode and ~56 to decode: a 16 MB body of them took
+    a parent to 2.3 GB. At most one list or map per CONTAINER_BYTES bytes (or
+    CONTAINERS_FREE in any case)."""
+    n = 4 * protocol.CONTAINERS_FREE
+    with pytest.raises(ProtocolError, match=r"more than \d+ lists and maps"):
+        protocol.unpackb(_empty_lists(n))
+    with pytest.raises(ProtocolError, match="lists and maps"):
+        protocol.check_containers(_empty_lists(n))
+
+
+def test_containers_up_to_the_limit_decode():
+    assert len(protocol.unpackb(_empty_lists(protocol.CONTAINERS_FREE - 1))) == \
+        protocol.CONTAINERS_FREE - 1
+    # realistic dense data: a time series of [timestamp, value] pairs
+    series = [[1700000000 + i, i % 100] for i in range(200000)]
+    body = msgpack.packb(series)
+    assert len(body) > protocol.CONTAINERS_FREE * protocol.CONTAINER_BYTES
+    assert protocol.unpackb(body) == series
+    protocol.check_containers(body)
