@@ -82,6 +82,17 @@ above_channel(int fd)
     return fd > CHANNEL_FD ? fd : fcntl(fd, F_DUPFD_CLOEXEC, 10);
 }
 
+/* /proc of the pid namespace with its processes only (subset=pid, Linux 5.8; the full
+ * one on older kernels): as isolation.mount_proc */
+static int
+mount_proc(void)
+{
+    unsigned long flags = MS_NOSUID | MS_NODEV | MS_NOEXEC;
+    if (mount("proc", "/proc", "proc", flags, "subset=pid") == 0)
+        return 0;
+    return errno == EINVAL ? mount("proc", "/proc", "proc", flags, NULL) : -1;
+}
+
 static PyObject *
 native_prepare(PyObject *self, PyObject *args, PyObject *kwargs)
 {
@@ -177,16 +188,14 @@ native_prepare(PyObject *self, PyObject *args, PyObject *kwargs)
         close(mntfd);
         if (unshare(CLONE_NEWNS) < 0)
             FAIL(S_MOUNT, "unshare(mnt)");
-        if (in_pid_ns && mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                               NULL) < 0)
+        if (in_pid_ns && mount_proc() < 0)
             FAIL(S_MOUNT, "mount /proc");
     } else {  /* the host's mounts, read-only */
         if (unshare(CLONE_NEWNS) < 0)
             FAIL(S_MOUNT, "unshare(mnt)");
         if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
             FAIL(S_MOUNT, "mount /");
-        if (in_pid_ns && mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                               NULL) < 0)
+        if (in_pid_ns && mount_proc() < 0)
             FAIL(S_MOUNT, "mount /proc");
         if (syscall(SYS_mount_setattr, AT_FDCWD, "/", AT_RECURSIVE, &attr, sizeof attr) < 0)
             FAIL(S_MOUNT, "mount_setattr /");

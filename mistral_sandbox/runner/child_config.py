@@ -39,8 +39,11 @@ class ChildConfig:
     TMPDIR); ``scratch_tmpfs``: its size in bytes, None for a directory on the host.
     ``seccomp``: network allowed -> compiled filter (empty when unavailable, with
     ``seccomp_unavailable`` saying why). ``shared_ns``: CLONE_NEW* flag -> fd of the
-    namespace children join. ``views``: network allowed -> fd of the template mount
-    namespace a child copies (:mod:`.view`; empty: children see the host read-only).
+    namespace children join; ``uid_net_ns``: sandbox uid -> fd of the network namespace
+    a child without network joins instead of the shared one (one per uid, so two
+    executions never share one: ``/proc/net`` lists a namespace's sockets).
+    ``views``: network allowed -> fd of the template mount namespace a child copies
+    (:mod:`.view`; empty: children see the host read-only).
     ``cgroup_fds``: sandbox uid -> the ``cgroup.procs`` files of its cgroups, open for
     writing (:mod:`.cgroups`; empty, with ``cgroup_unavailable`` saying why).
     ``pid_ns``: children are forked into pid namespaces of their own. ``native``: set
@@ -58,6 +61,7 @@ class ChildConfig:
     seccomp: Mapping[bool, Any]
     seccomp_unavailable: str
     shared_ns: Mapping[int, int]
+    uid_net_ns: Mapping[int, int]
     views: Mapping[bool, int]
     cgroup_fds: Mapping[int, Tuple[int, ...]]
     cgroup_unavailable: str

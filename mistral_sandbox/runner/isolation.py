@@ -120,6 +120,8 @@ def _fds(run: _Isolating) -> None:
     join kept (moved above 3); every other fd closed."""
     shared = {flag: fd for flag, fd in run.config.shared_ns.items()
               if not (flag == linux.CLONE_NEWNET and run.spec.network)}
+    if linux.CLONE_NEWNET in shared and run.spec.uid in run.config.uid_net_ns:
+        shared[linux.CLONE_NEWNET] = run.config.uid_net_ns[run.spec.uid]
     view = run.config.views.get(run.spec.network)
     if view is not None and run.config.policy.get("mount_ns") != OFF:
         shared[linux.CLONE_NEWNS] = view
@@ -285,9 +287,22 @@ def _mount_ns(run: _Isolating) -> None:
     run.report.ok("mount_ns")
 
 
+def mount_proc() -> None:
+    """A /proc of the child's pid namespace with its processes only (``subset=pid``,
+    Linux 5.8: none of the host-wide files such as meminfo, stat, key-users, config.gz,
+    which tell an action about the host and its load; the full one on older kernels)."""
+    flags = linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC
+    try:
+        linux.mount("proc", "/proc", "proc", flags, b"subset=pid")
+    except OSError as exc:
+        if exc.errno != 22:  # EINVAL: an older kernel
+            raise
+        linux.mount("proc", "/proc", "proc", flags)
+
+
 def _mount_on_view(run: _Isolating, tree: Optional[int]) -> None:
     if run.applied("pid_ns"):  # a /proc that shows only this namespace's processes
-        linux.mount("proc", "/proc", "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
+        mount_proc()
     view = run.config.scratch_view
     if tree is None:
         linux.mount("tmpfs", view, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV,
@@ -308,7 +323,7 @@ def _mount_on_host(run: _Isolating) -> None:
     view = config.scratch_view or run.spec.scratch
     linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
     if run.applied("pid_ns"):
-        linux.mount("proc", "/proc", "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
+        mount_proc()
     try:
         linux.mount_setattr("/", linux.AT_RECURSIVE, linux.MOUNT_ATTR_RDONLY, 0)
     except OSError as exc:
@@ -492,7 +507,8 @@ def native_args(config: ChildConfig, plan: NativePlan, stdio: Tuple[int, int, in
     rlimits = b"".join(struct.pack("=iQQ", res, soft & _U64, hard & _U64)
                        for res, _, soft, hard in config.ceiling_plan) if warm else b""
     return {"channel": stdio[0], "stdout": stdio[1], "stderr": stdio[2],
-            "net_ns_fd": shared[linux.CLONE_NEWNET], "ipc_ns_fd": shared[linux.CLONE_NEWIPC],
+            "net_ns_fd": config.uid_net_ns.get(uid, shared[linux.CLONE_NEWNET]),
+            "ipc_ns_fd": shared[linux.CLONE_NEWIPC],
             "uts_ns_fd": shared[linux.CLONE_NEWUTS], "mount_ns_fd": config.views.get(False, -1),
             "cgroup_fds": b"".join(struct.pack("=i", fd)
                                    for fd in config.cgroup_fds.get(uid, ())),

@@ -236,11 +236,12 @@ def make_shared_namespace(flag: int) -> int:
     """Create an empty namespace of type ``flag`` (net, ipc or uts, whose hostname is
     set to :data:`HOSTNAME`) and return an fd to it; the caller stays in its own.
 
-    The zygote makes one of each for all its children (creating and destroying one per
-    child costs the kernel CPU, a network namespace most). Sharing is safe only with
-    the seccomp filter: without network it refuses every socket family but netlink (no
-    abstract name can be bound or reached), and every System V IPC and message queue
-    call; changing the hostname needs a capability no action holds.
+    The zygote makes them ahead (creating and destroying one per child costs the kernel
+    CPU, a network namespace most): one ipc and one uts namespace for all its children,
+    a network namespace per sandbox uid. Sharing is safe only with the seccomp filter:
+    it refuses every System V IPC and message queue call (and, without network, every
+    socket but unix stream pairs); changing the hostname needs a capability no action
+    holds.
     """
     name = NS_NAMES[flag]
     own = os.open("/proc/self/ns/" + name, os.O_RDONLY | os.O_CLOEXEC)

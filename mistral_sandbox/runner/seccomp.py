@@ -43,6 +43,9 @@ DENIED_SYSCALLS = (
     "mq_timedreceive", "mq_notify", "mq_getsetattr",
     # io_uring: operations (socket, connect, openat...) seccomp does not see
     "io_uring_setup", "io_uring_enter", "io_uring_register",
+    # file watches: the view's files are shared by every execution, and a watch on them
+    # saw which modules another one opened (and could carry data between them)
+    "inotify_init", "inotify_init1", "inotify_add_watch", "fanotify_init", "fanotify_mark",
 )
 CLONE_NAMESPACE_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000,
                          0x20000000, 0x40000000, 0x00000080)  # NS CGROUP UTS IPC USER PID NET TIME

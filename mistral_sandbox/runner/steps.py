@@ -59,7 +59,8 @@ STEPS: Tuple[Step, ...] = (
     Step("no_new_privs", REQUIRED, "PR_SET_NO_NEW_PRIVS: setuid binaries grant nothing",
          native=True),
     Step("seccomp", REQUIRED, "seccomp filter: ptrace, mount, bpf, kexec, keyctl, perf, "
-         "unshare, setns, SysV IPC, message queues, io_uring refused; without network no "
+         "unshare, setns, SysV IPC, message queues, io_uring, file watches refused; without "
+         "network no "
          "socket, bind or connect (unix stream pairs only)", native=True),
     Step("uid", REQUIRED, "unprivileged uid of its own (root); not root: no capability held "
          "(dropped in its user namespace)", native=True),

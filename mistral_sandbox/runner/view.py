@@ -127,13 +127,17 @@ def _bind(source: str, target: str) -> None:
 
 
 def _populate(root: str, layout: Dict[str, List[str]]) -> None:
+    no_devices = linux.MOUNT_ATTR_NODEV  # (the devices below are bound without it)
     for source in layout["dirs"]:
-        _bind(source, _mkdirs(root, source))
+        target = _mkdirs(root, source)
+        _bind(source, target)
+        linux.mount_setattr(target, linux.AT_RECURSIVE, no_devices, 0)
     for source in layout["files"]:
         _mkdirs(root, os.path.dirname(source))
         target = root + source
         open(target, "w").close()
         _bind(os.path.realpath(source), target)
+        linux.mount_setattr(target, 0, no_devices, 0)
     for path, target in layout["links"]:
         if not os.path.lexists(root + path):  # (two chains may share a link)
             _mkdirs(root, os.path.dirname(path))
@@ -229,5 +233,19 @@ def build_all(staging: str, module_path: Iterable[str]) -> Tuple[Dict[bool, int]
 
 
 def module_path() -> List[str]:
-    """The directories modules are imported from (the zygote's ``sys.path``)."""
-    return [p for p in sys.path if p]
+    """The directories modules are imported from (the zygote's ``sys.path``), but for
+    the directory that holds this package when it is not a site-packages directory (a
+    checkout, put on the path by the zygote's bootstrap): only the package itself, not
+    the checkout's ``.git``, configuration files and virtual environment."""
+    import site
+    import mistral_sandbox
+    package = os.path.dirname(os.path.realpath(mistral_sandbox.__file__))
+    parent = os.path.dirname(package)
+    sites = {os.path.realpath(p) for p in site.getsitepackages()}
+    out = []
+    for p in sys.path:
+        if p and os.path.realpath(p) == parent and parent not in sites:
+            p = package
+        if p and p not in out:
+            out.append(p)
+    return out

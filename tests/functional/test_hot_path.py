@@ -12,6 +12,8 @@ from mistral_sandbox.runner.limits import DEFAULT_CEILING
 from mistral_sandbox import Sandbox
 from tests.conftest import FIXTURES, wait_for
 
+ROOT = os.geteuid() == 0
+
 
 def test_a_request_runs_in_a_child_that_was_waiting_warm(sandbox, clean):
     assert wait_for(lambda: len(sandbox.warm_pids()) == sandbox.warm)  # a full pool
@@ -62,14 +64,20 @@ def test_processes_are_named(sandbox, clean):
     assert "ms-sandbox-io" in names
 
 
-def test_children_without_network_share_one_empty_namespace(sandbox, clean):
+def test_children_without_network_join_their_uids_empty_namespace(sandbox, clean):
+    """As root, one network namespace per sandbox uid, made by the zygote: executions
+    under one uid (never at the same time) share it, two uids never do."""
     host = os.readlink("/proc/self/ns/net")
-    a = sandbox.run("sample_actions:NetNamespace")
-    b = sandbox.run("sample_actions:NetNamespace")
-    assert a.ok and b.ok, (a.message, b.message)
-    if "net_ns" in a.isolation["applied"]:
-        assert a.result.data == b.result.data != host
-        assert sandbox.zygote_info["namespaces"]["net"] == "shared"
+    seen = {}
+    for _ in range(12):
+        out = sandbox.run("sample_actions:NetNamespaceAndUid")
+        assert out.ok, out.message
+        ns, uid = out.result.data
+        assert ns != host
+        assert seen.setdefault(uid, ns) == ns
+    if ROOT:
+        assert sandbox.zygote_info["namespaces"]["net"] == "one per sandbox uid"
+        assert len(seen) > 1 and len(set(seen.values())) == len(seen)
 
 
 def test_namespaces_are_made_per_child_when_sharing_is_off_or_unsafe(no_leaks):

@@ -146,7 +146,8 @@ config = ChildConfig(
     zygote_pid=os.getppid(), max_frame=1 << 20, policy={}, ceiling={"number_files": 100},
     ceiling_plan=((resource.RLIMIT_NOFILE, "number_files", 100, 10),), scratch_view=view,
     scratch_tmpfs=1 << 20, seccomp={False: program}, seccomp_unavailable="",
-    shared_ns=shared, views={}, cgroup_fds={}, cgroup_unavailable="not here", pid_ns=False,
+    shared_ns=shared, uid_net_ns={}, views={}, cgroup_fds={}, cgroup_unavailable="not here",
+    pid_ns=False,
     native=NativePlan(_native.prepare, view.encode(), b"size=1048576,mode=0700",
                       program.address))
 a, b = socket.socketpair()
@@ -172,4 +173,4 @@ def test_check_says_whether_children_isolate_natively():
     assert "native isolation %s" % result["zygote"]["native_isolation"] in text
     if ROOT:
         assert result["zygote"]["native_isolation"] == "on"
-        assert "namespaces net shared, ipc shared, uts shared" in text
+        assert "namespaces net one per sandbox uid, ipc shared, uts shared" in text

@@ -193,6 +193,7 @@ def test_ipc_objects_and_the_hostname_are_out_of_reach(sandbox, then_works):
         assert data["ns"][name] != host[name], name
         if shared[name] == "shared":
             assert b.result.data["ns"][name] == data["ns"][name], name
+    assert shared["net"] != "shared"  # (one per sandbox uid as root, else per child)
 
 
 def test_writing_outside_the_scratch_directory(sandbox, then_works, shared_tmp_path):

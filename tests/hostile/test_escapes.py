@@ -13,7 +13,8 @@ import pytest
 
 from mistral_sandbox import Sandbox
 from mistral_sandbox.runner.limits import DEFAULT_CEILING
-from tests.conftest import FIXTURES, readable_by_sandbox_uids
+from tests.conftest import (FIXTURES, claimed_uids, processes_as, readable_by_sandbox_uids,
+                            wait_for)
 
 ROOT = os.geteuid() == 0
 E = "escape_actions:"
@@ -232,3 +233,66 @@ def test_an_honest_dense_result_ends_in_output_limit(sandbox, then_works):
     out = sandbox.run(E + "ReturnsDenseResult", {"n": 1000000})
     assert out.exit_reason == "output_limit", (out.exit_reason, out.message)
     assert "lists and maps" in out.message
+
+
+@pytest.mark.skipif(not ROOT, reason="sandbox uids (and their namespaces) exist as root only")
+def test_an_execution_cannot_see_anothers_sockets(no_leaks):
+    """/proc/net lists the sockets of the network namespace: in a namespace shared by
+    every execution, one read another's socket pairs (a count sent 'hello' from one to
+    the other at 16 bytes/s). Each sandbox uid now has a namespace of its own."""
+    with Sandbox(max_workers=2, extra_path=[FIXTURES]) as sb:
+        holder = sb.submit(E + "HoldsSocketPairs", {"n": 40, "seconds": 120},
+                           limits={"timeout": "150s"})
+
+        def holding():  # (seen from the host: the holder's namespace has its 80 sockets)
+            for p in processes_as(claimed_uids(sb)):
+                try:
+                    with open("/proc/%d/net/unix" % p.pid) as f:
+                        if len(f.read().splitlines()) > 80:
+                            return True
+                except OSError:
+                    pass
+            return False
+        assert wait_for(holding, timeout=60)
+        spy = sb.run(E + "CountsUnixSockets")
+        assert not holder.done()
+        sb.cancel(holder)
+    assert spy.exit_reason == "ok", spy.message
+    assert spy.result.data["listed"] < 40 and spy.result.data["used"] < 40, spy.result.data
+
+
+def test_an_execution_cannot_watch_the_files_others_read(sandbox, then_works):
+    """inotify on the view's shared, read-only files showed which modules another
+    execution imported."""
+    out = sandbox.run(E + "WatchesSharedFiles")
+    assert out.exit_reason == "ok", out.message
+    assert out.result.data == "denied:EPERM"
+
+
+@pytest.mark.skipif(not ROOT, reason="the minimal view is built as root only")
+def test_the_checkout_holding_the_package_is_out_of_sight(sandbox, then_works):
+    """Run from a source tree, the zygote puts the checkout on its module path, and the
+    view bound all of it: .git, configuration files, the virtual environment."""
+    import site
+    import mistral_sandbox
+    parent = os.path.dirname(os.path.dirname(os.path.realpath(mistral_sandbox.__file__)))
+    out = sandbox.run(E + "ListsThePackagesParent")
+    assert out.exit_reason == "ok", out.message
+    assert out.result.data["parent"] == parent
+    if parent not in {os.path.realpath(p) for p in site.getsitepackages()}:
+        # only the package and the directories leading to other bound ones (the
+        # virtual environment's site-packages, the tests' fixtures): no file of it
+        listing = set(out.result.data["listing"])
+        assert "mistral_sandbox" in listing
+        assert not listing & {".git", "setup.cfg", "README.md", "docs", "build"}, listing
+        assert out.result.data["git"] == "denied:ENOENT"
+
+
+@pytest.mark.skipif(not ROOT, reason="a private /proc needs a pid namespace (root)")
+def test_proc_shows_processes_only(sandbox, then_works):
+    """The host-wide files of /proc told an action about the host (which uids hold
+    keys, its kernel configuration, its memory and load: a side channel on the
+    neighbours)."""
+    out = sandbox.run(E + "ReadsHostWideProcFiles")
+    assert out.exit_reason == "ok", out.message
+    assert set(out.result.data.values()) == {"denied:ENOENT"}, out.result.data

@@ -121,7 +121,8 @@ def test_verdicts_are_the_promised_ones(programs):
     assert run_filter(tree, clone, (0x01200011, 0, 0, 0, 0, 0)) == RET_ALLOW  # fork()
     for flag in seccomp.CLONE_NAMESPACE_FLAGS:
         assert run_filter(tree, clone, (0x11 | flag, 0, 0, 0, 0, 0)) == RET_EPERM, hex(flag)
-    for name in ("io_uring_setup", "io_uring_enter", "io_uring_register"):
+    for name in ("io_uring_setup", "io_uring_enter", "io_uring_register", "inotify_init",
+                 "inotify_init1", "inotify_add_watch", "fanotify_init", "fanotify_mark"):
         assert run_filter(tree, _nr(name)) == RET_EPERM, name
     socket_nr, pair = _nr("socket"), _nr("socketpair")
 
