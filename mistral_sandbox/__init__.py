@@ -18,6 +18,8 @@ _EXPORTS = {
     "Limits": "mistral_sandbox.runner.limits",
     "LimitError": "mistral_sandbox.runner.limits",
     "Outcome": "mistral_sandbox.runner.outcome",
+    "LimitsPolicy": "mistral_sandbox.runner.limits_policy",
+    "PolicyFileError": "mistral_sandbox.runner.limits_policy",
 }
 __all__ = sorted(_EXPORTS)
 

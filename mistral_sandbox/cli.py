@@ -144,19 +144,38 @@ def parse_context(text: Optional[str]) -> Optional[Dict[str, Any]]:
     return context
 
 
+def load_settings(args, **overrides):
+    """SandboxSettings from ``--config-file`` (its ``[sandbox]`` group; none: the
+    defaults) and ``--policy-file``, ``overrides`` on top; UsageError naming the file and
+    option that is wrong."""
+    from mistral_sandbox import config
+    try:
+        conf = config.load(args.config_file)
+        policy_file = getattr(args, "policy_file", None)
+        if policy_file:
+            overrides["policy_file"] = policy_file
+        return config.settings_from(conf, **overrides)
+    except ValueError as exc:
+        where = " (%s)" % ", ".join(args.config_file) if args.config_file else ""
+        raise UsageError("configuration%s: %s" % (where, exc)) from None
+
+
 def cmd_run(args) -> int:
-    from mistral_sandbox import Sandbox, SandboxError
+    from mistral_sandbox import PolicyFileError, Sandbox, SandboxError
 
     check_reference(args.ref)
     params = parse_params(args.param or [], args.params_json)
     limits = parse_limits(args.limit or [])
     context = parse_context(args.context_json)
+    # one execution: nothing to prepare ahead; wait for its exit, so the output shows the
+    # exit status and the kernel's account of its CPU and memory
+    settings = load_settings(args, max_workers=1, warm=0, wait_exit=True)
     # SIGTERM behaves like Ctrl-C: kill the child, clean up, exit (130).
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        # one execution: nothing to prepare ahead; wait for its exit, so the output shows
-        # the exit status and the kernel's account of its CPU and memory
-        sandbox = Sandbox(max_workers=1, warm=0, wait_exit=True)
+        sandbox = Sandbox(settings)
+    except PolicyFileError as exc:
+        raise UsageError(str(exc)) from None
     except SandboxError as exc:
         sys.stderr.write("mistral-sandbox: %s\n" % exc)
         return EXIT_FAILED
@@ -233,10 +252,51 @@ def cmd_show(args) -> int:
     return EXIT_OK
 
 
+def cmd_limits(args) -> int:
+    """The effective limits of ``--project`` running ``--action`` and their sources."""
+    from mistral_sandbox.runner.limits_policy import (LimitsPolicy, PolicyFileError,
+                                                      ceiling_sources)
+    settings = load_settings(args)
+    sources = ceiling_sources(settings.ceiling)
+    if settings.policy_file:
+        try:
+            policy = LimitsPolicy.load(settings.policy_file, settings.ceiling,
+                                       [e.name for e in default_catalog().entries()], sources)
+        except PolicyFileError as exc:
+            raise UsageError(str(exc)) from None
+    else:
+        policy = LimitsPolicy(settings.ceiling, ceiling_sources=sources)
+    resolved = policy.resolve(args.project, args.action or "")
+    values = resolved.limits.to_dict(human=True)
+    if args.json:
+        json.dump({"project": args.project, "action": args.action,
+                   "policy_file": settings.policy_file,
+                   "limits": {name: values.get(name) for name in FIELD_NAMES},
+                   "nested": resolved.nested, "sources": dict(resolved.sources),
+                   "warnings": policy.warnings}, sys.stdout)
+        sys.stdout.write("\n")
+        return EXIT_OK
+    for warning in policy.warnings:
+        sys.stderr.write("warning: %s\n" % warning)
+    sys.stdout.write("limits of project %s, action %s (policy: %s)\n" % (
+        args.project or "*", args.action or "*", settings.policy_file or "none"))
+    for name in FIELD_NAMES + ("nested",):
+        value = resolved.nested if name == "nested" else values.get(name, "unlimited")
+        if isinstance(value, bool):
+            value = "allowed" if value else "denied"
+        sys.stdout.write("  %-18s %-10s %s\n" % (name, value, resolved.sources[name]))
+    return EXIT_OK
+
+
 def cmd_check(args) -> int:
     from mistral_sandbox.runner import check
+    settings = load_settings(args) if args.config_file else None
+    policy = dict(settings.isolation) if settings else {}
+    policy.update(_parse_policy(args.policy) or {})
+    library = args.seccomp_library or (settings.seccomp_library if settings else None)
     try:
-        result = check.probe(_parse_policy(args.policy), args.seccomp_library)
+        result = check.probe(policy or None, library,
+                             settings.extra_path if settings else ())
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.json:
@@ -260,14 +320,18 @@ def _parse_policy(pairs) -> Optional[Dict[str, str]]:
 def cmd_bench(args) -> int:
     from mistral_sandbox import bench
     from mistral_sandbox.runner.steps import PolicyError, make_policy
-    policy = _parse_policy(args.policy)
+    settings = load_settings(args) if args.config_file else None
+    policy = dict(settings.isolation) if settings else {}
+    policy.update(_parse_policy(args.policy) or {})
+    policy = policy or None
     try:
         make_policy(policy)
     except PolicyError as exc:
         raise UsageError(str(exc)) from None
     if args.warm is not None and args.warm < 0:
         raise UsageError("--warm: the warm pool size must be >= 0, got %d" % args.warm)
-    report = bench.run(quick=args.quick, soak=args.soak, isolation=policy, warm=args.warm,
+    warm = args.warm if args.warm is not None or not settings else settings.warm
+    report = bench.run(quick=args.quick, soak=args.soak, isolation=policy, warm=warm,
                        progress=bench.Progress("always" if args.progress else True))
     report["isolation_policy"] = policy or {}
     paths = bench.save(report, args.out) if args.out else []
@@ -287,21 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages to stderr")
     sub = p.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run one action in a sandboxed child")
-    run.add_argument("ref", help="entry-point name (std.echo, std.http@mistral) or "
-                                 "package.module:ClassName")
-    run.add_argument("--param", "-p", action="append", metavar="NAME=VALUE",
-                     help="action parameter; VALUE is parsed as JSON if it is JSON")
-    run.add_argument("--params-json", metavar="JSON|@FILE", help="parameters as a JSON object")
-    run.add_argument("--context-json", metavar="JSON|@FILE",
-                     help="action context {security: {...}, execution: {...}}; give an "
-                          "auth token in a file (@FILE), never on the command line")
-    run.add_argument("--limit", "-l", action="append", metavar="NAME=VALUE",
-                     help="tighten a limit: %s"
-                     % ", ".join(sorted(set(FIELD_NAMES) | set(ALIASES))))
-    run.add_argument("--dry-run", action="store_true", help="call the action's test()")
-    run.add_argument("--json", action="store_true", help="print the outcome as JSON")
-    run.set_defaults(func=cmd_run)
+    _add_run_parsers(sub)
 
     lst = sub.add_parser("list", help="list the actions that entry points register")
     lst.add_argument("--json", action="store_true")
@@ -326,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="children kept prepared ahead (default: Sandbox's, 4): a larger "
                          "pool absorbs bursts, but a saturated machine prepares more of "
                          "them at once")
+    _config_arguments(bn)
     bn.set_defaults(func=cmd_bench)
 
     chk = sub.add_parser("check", help="show what isolation this host enforces")
@@ -333,8 +384,47 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--policy", action="append", metavar="STEP=LEVEL",
                      help="override a step's policy (required, best_effort, off)")
     chk.add_argument("--seccomp-library", help="path of libseccomp to use")
+    _config_arguments(chk)
     chk.set_defaults(func=cmd_check)
     return p
+
+
+def _add_run_parsers(sub) -> None:
+    """``run`` and ``limits``."""
+    run = sub.add_parser("run", help="run one action in a sandboxed child")
+    run.add_argument("ref", help="entry-point name (std.echo, std.http@mistral) or "
+                                 "package.module:ClassName")
+    run.add_argument("--param", "-p", action="append", metavar="NAME=VALUE",
+                     help="action parameter; VALUE is parsed as JSON if it is JSON")
+    run.add_argument("--params-json", metavar="JSON|@FILE", help="parameters as a JSON object")
+    run.add_argument("--context-json", metavar="JSON|@FILE",
+                     help="action context {security: {...}, execution: {...}}; give an "
+                          "auth token in a file (@FILE), never on the command line")
+    run.add_argument("--limit", "-l", action="append", metavar="NAME=VALUE",
+                     help="tighten a limit: %s"
+                     % ", ".join(sorted(set(FIELD_NAMES) | set(ALIASES))))
+    run.add_argument("--dry-run", action="store_true", help="call the action's test()")
+    run.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    _config_arguments(run, policy_file=True)
+    run.set_defaults(func=cmd_run)
+
+    lim = sub.add_parser("limits", help="show the limits a project's action gets, and "
+                                        "where each comes from (validates the policy)")
+    lim.add_argument("--project", help="project id (default: any project: the '*' entry)")
+    lim.add_argument("--action", help="action name (default: an action no entry names)")
+    lim.add_argument("--json", action="store_true", help="print a JSON object")
+    _config_arguments(lim, policy_file=True)
+    lim.set_defaults(func=cmd_limits)
+
+
+def _config_arguments(parser, policy_file: bool = False) -> None:
+    parser.add_argument("--config-file", action="append", metavar="FILE",
+                        help="oslo.config file whose [sandbox] options apply (repeatable; "
+                             "later files win)")
+    if policy_file:
+        parser.add_argument("--policy-file", metavar="FILE",
+                            help="limits policy (YAML) instead of the configuration's "
+                                 "policy_file")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -11,7 +11,9 @@ an exception from the future.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import itertools
+import logging
 import os
 import shutil
 import tempfile
@@ -24,13 +26,15 @@ from mistral_sandbox.runner.engine import Engine
 from mistral_sandbox.runner.errors import Overloaded, SandboxError
 from mistral_sandbox.runner.intake import Intake
 from mistral_sandbox.runner.limits import Limits
+from mistral_sandbox.runner.limits_policy import LimitsPolicy, PolicyFileError, ceiling_sources
 from mistral_sandbox.runner.outcome import Outcome
 from mistral_sandbox.runner.settings import SandboxSettings
 from mistral_sandbox.runner.warm_pool import WarmPool
 from mistral_sandbox.runner.zygote_client import ZygoteClient
 from mistral_sandbox.runner.zygote_link import ZygoteLink
 
-__all__ = ["Sandbox", "SandboxError", "Overloaded", "SandboxSettings"]
+__all__ = ["Sandbox", "SandboxError", "Overloaded", "SandboxSettings", "PolicyFileError"]
+LOG = logging.getLogger(__name__)
 
 
 class Sandbox:
@@ -40,7 +44,8 @@ class Sandbox:
     of :class:`~mistral_sandbox.runner.settings.SandboxSettings` (``max_workers``,
     ``ceiling``, ``warm``, ``max_queue``, ``isolation``, ``scratch_size``...), or give
     a ready ``settings``. A bad option raises ``ValueError`` (``LimitError``,
-    ``PolicyError``) before anything starts; a zygote that cannot start raises
+    ``PolicyError``, ``PolicyFileError`` for an unusable ``policy_file``) before
+    anything starts; a zygote that cannot start raises
     :class:`SandboxError`. Use as a context manager, or call :meth:`shutdown`:
     afterwards no process, fd or temporary directory of the sandbox remains.
 
@@ -54,14 +59,18 @@ class Sandbox:
                  catalog: Optional[catalog_mod.Catalog] = None, **options: Any):
         if settings is not None and (options or not isinstance(settings, SandboxSettings)):
             raise TypeError("Sandbox() takes a SandboxSettings or keyword options, not both")
-        self.settings = settings if settings is not None else SandboxSettings(**options)
+        s = settings if settings is not None else SandboxSettings(**options)
         self.catalog = catalog or catalog_mod.default_catalog()
-        s = self.settings
+        self._policy_lock = threading.Lock()
+        self.limits_policy = self._load_policy(s)  # PolicyFileError: nothing started yet
+        if s.policy_file is not None and s.warm_network is None:
+            s = dataclasses.replace(s, warm_network=self.limits_policy.baseline().limits.network)
+        self.settings = s
         self._ids = itertools.count(1)
         self._own_scratch = s.scratch_root is None
         self.scratch_root = s.scratch_root or tempfile.mkdtemp(prefix="mistral-sandbox-")
         self._intake = Intake(s.max_queue)
-        self._pool = WarmPool(s.warm, bool(s.ceiling.network))
+        self._pool = WarmPool(s.warm, s.warm_network)
         self._client = ZygoteClient(s, self.scratch_root)
         try:
             os.chmod(self.scratch_root, 0o711)  # sandbox uids may enter only their own dir
@@ -96,13 +105,16 @@ class Sandbox:
 
         ``ref``: entry-point name or ``module:Class``. ``params``: the action's
         parameters (plain data). ``context``: an ``ActionContext`` or its ``to_dict()``.
-        ``limits``: a ``Limits`` or a mapping of limit names to human values (only
-        tightens the ceiling; LimitError if malformed). ``mode``: ``run``, ``test`` (dry
+        ``limits``: a ``Limits`` or a mapping of limit names to human values, the
+        per-call request: it only tightens what the policy gives the context's project
+        and this action (LimitError if malformed). A ``sandbox_limits`` mapping among
+        ``params`` is a request too (how a workflow task asks; the action never sees
+        it; malformed: ``load_error``). ``mode``: ``run``, ``test`` (dry
         run) or ``describe``. A bad reference, context or parameters resolve the future
         with a ``load_error`` outcome. Raises :class:`Overloaded` when the queue is
         full and :class:`SandboxError` once shut down.
         """
-        prepared = request.prepare(next(self._ids), self.catalog, self.settings.ceiling,
+        prepared = request.prepare(next(self._ids), self.catalog, self.limits_policy,
                                    self.settings.max_frame, ref, params, context, limits, mode)
         if isinstance(prepared, Outcome):
             future: concurrent.futures.Future = concurrent.futures.Future()
@@ -116,6 +128,42 @@ class Sandbox:
             limits: Union[Limits, Mapping[str, Any], None] = None, mode: str = "run") -> Outcome:
         """``submit(...).result()``."""
         return self.submit(ref, params, context, limits, mode).result()
+
+    @classmethod
+    def from_config(cls, conf: Any = None, catalog: Optional[catalog_mod.Catalog] = None
+                    ) -> "Sandbox":
+        """A sandbox configured by the ``[sandbox]`` options of the oslo.config ``conf``
+        (default: the global ``cfg.CONF``; its options are registered if needed). Raises
+        ``ValueError`` naming the bad option, PolicyFileError for a bad policy file."""
+        from mistral_sandbox import config
+        return cls(config.settings_from(conf), catalog=catalog)
+
+    def reload_policy(self) -> LimitsPolicy:
+        """Read the policy file again; new submissions use it, running ones keep theirs.
+
+        Raises PolicyFileError (and logs why) if the file is now unusable: the previous
+        policy stays in force. Without a policy file, nothing to do.
+        """
+        with self._policy_lock:
+            try:
+                policy = self._load_policy(self.settings)
+            except PolicyFileError as exc:
+                LOG.error("policy not reloaded, the previous one stays in force: %s", exc)
+                raise
+            self.limits_policy = policy
+        if policy.path:
+            LOG.info("policy reloaded from %s", policy.path)
+        return policy
+
+    def _load_policy(self, s: SandboxSettings) -> LimitsPolicy:
+        sources = ceiling_sources(s.ceiling)
+        if s.policy_file is None:
+            return LimitsPolicy(s.ceiling, ceiling_sources=sources)
+        policy = LimitsPolicy.load(s.policy_file, s.ceiling,
+                                   [e.name for e in self.catalog.entries()], sources)
+        for warning in policy.warnings:
+            LOG.warning("%s", warning)
+        return policy
 
     def cancel(self, future: "concurrent.futures.Future[Outcome]") -> bool:
         """Cancel an execution: a queued one is removed (``future.cancelled()``, its place

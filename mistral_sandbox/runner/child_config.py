@@ -48,7 +48,8 @@ class ChildConfig:
     writing (:mod:`.cgroups`; empty, with ``cgroup_unavailable`` saying why).
     ``pid_ns``: children are forked into pid namespaces of their own. ``native``: set
     when children isolate through the C helper. ``unreadable_paths``: module
-    directories a sandbox uid cannot read in what it sees (for hints).
+    directories a sandbox uid cannot read in what it sees (for hints). ``warm_network``:
+    the network setting prepared children are made for.
     """
 
     zygote_pid: int
@@ -68,11 +69,7 @@ class ChildConfig:
     pid_ns: bool
     native: Optional[NativePlan] = None
     unreadable_paths: Tuple[str, ...] = ()
-
-    @property
-    def ceiling_network(self) -> bool:
-        """Prepared children are made for the ceiling's network setting."""
-        return bool(self.ceiling.get("network"))
+    warm_network: bool = False
 
 
 class ChildSpec(NamedTuple):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from mistral_sandbox.api.context import REDACTED
 from mistral_sandbox.runner import protocol
@@ -83,12 +83,14 @@ class Execution:
 
     def __init__(self, exec_id: int, ref, request: bytes, future: concurrent.futures.Future,
                  limits, notes: List[str], aeid: Optional[str], token: Optional[str],
-                 max_frame: int = protocol.DEFAULT_MAX_FRAME):
+                 max_frame: int = protocol.DEFAULT_MAX_FRAME,
+                 limit_sources: Optional[Mapping[str, str]] = None):
         self.id = exec_id
         self.ref = ref
         self.future = future
         self.limits = limits
         self.notes = notes
+        self.limit_sources = limit_sources or {}
         self.aeid = aeid
         self.token = token
         # kept until the child reports ready, to run it again if the prepared child it

@@ -28,6 +28,10 @@ SIZE_FIELDS = ("address_space", "core_file_size", "data_size", "file_size", "mem
 TIME_FIELDS = ("cpu_time", "wall_time")
 COUNT_FIELDS = ("number_files", "number_processes", "nested_calls", "nested_depth")
 BOOL_FIELDS = ("network",)
+# sizes and counts without which no Python process starts or answers (0 is allowed for
+# the others: no core dumps, no files written, no output, no nested calls...)
+NONZERO_FIELDS = ("address_space", "data_size", "resident_set_size", "stack_size",
+                  "number_files", "number_processes", "max_result_bytes")
 
 ALIASES: Dict[str, Tuple[str, ...]] = {
     "memory": ("address_space", "resident_set_size"),
@@ -195,17 +199,25 @@ def parse_bool(text: Any, what: str = "flag") -> bool:
     raise LimitError("%s: expected true or false, got %r" % (what, text))
 
 
-def parse_value(name: str, raw: Any, shown: Optional[str] = None) -> Any:
-    what = "limit %r" % (shown or name)
+def parse_value(name: str, raw: Any, shown: Optional[str] = None,
+                what: Optional[str] = None) -> Any:
+    """``raw`` as field ``name`` takes it; LimitError starting with ``what`` (default
+    ``limit 'NAME'``), e.g. "limit 'memory': expected a size like 256MiB..., got '12XB'"."""
+    what = what or "limit %r" % (shown or name)
     if name in SIZE_FIELDS:
-        return parse_size(raw, what)
-    if name in TIME_FIELDS:
+        value = parse_size(raw, what)
+    elif name in TIME_FIELDS:
         return parse_duration(raw, what)
-    if name in COUNT_FIELDS:
-        return parse_count(raw, what)
-    if name in BOOL_FIELDS:
+    elif name in COUNT_FIELDS:
+        value = parse_count(raw, what)
+    elif name in BOOL_FIELDS:
         return parse_bool(raw, what)
-    raise LimitError("unknown limit %r" % name)
+    else:
+        raise LimitError("unknown limit %r" % name)
+    if value == 0 and name in NONZERO_FIELDS:
+        raise LimitError("%s: must be greater than 0 (no process can run with none), got %r"
+                         % (what, raw))
+    return value
 
 
 def _check(name: str, value: Any) -> Any:

@@ -82,7 +82,13 @@ class AsyncHandle:
 
 @dataclasses.dataclass
 class Outcome:
-    """The single end of one execution."""
+    """The single end of one execution.
+
+    ``limits``: the limits it ran under (human units); ``limit_sources``: where each
+    came from (``default``, ``ceiling``, ``tenant <id>``, ``action <pattern>``,
+    ``request``; see :mod:`~mistral_sandbox.runner.limits_policy`); ``notes``: among
+    others, each requested value that was clamped and by which layer.
+    """
 
     exit_reason: str
     result: Optional[Result] = None
@@ -98,6 +104,7 @@ class Outcome:
     action: str = ""
     action_execution_id: Optional[str] = None
     limits: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    limit_sources: Dict[str, str] = dataclasses.field(default_factory=dict)
     notes: List[str] = dataclasses.field(default_factory=list)
     logs: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
     isolation: Dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -255,7 +262,8 @@ def build(ex, exit_report: Optional[dict]) -> "Outcome":
         stdout=ex.redact(io.stdout.text()), stderr=ex.redact(io.stderr.text()),
         stdout_bytes=io.stdout.total, stderr_bytes=io.stderr.total, exit_status=status,
         signal=sig, execution_id=ex.id, action=ex.ref.name, action_execution_id=ex.aeid,
-        limits=ex.limits.to_dict(human=True), notes=notes, logs=ex.logs,
+        limits=ex.limits.to_dict(human=True), limit_sources=dict(ex.limit_sources),
+        notes=notes, logs=ex.logs,
         isolation=isolation, **fields)
 
 
@@ -263,4 +271,4 @@ def without_run(ex, reason: str, message: str) -> "Outcome":
     """The outcome of an execution that never reached a child (cancelled, refused)."""
     return Outcome(reason, message=message, execution_id=ex.id, action=ex.ref.name,
                    action_execution_id=ex.aeid, limits=ex.limits.to_dict(human=True),
-                   notes=list(ex.notes))
+                   limit_sources=dict(ex.limit_sources), notes=list(ex.notes))

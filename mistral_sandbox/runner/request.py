@@ -1,8 +1,9 @@
 """Turn a submission into an execution ready to queue, or into a ``load_error`` outcome.
 
 Runs in the caller's thread: resolves the reference (without importing action
-code), merges the limits under the ceiling, validates the context and parameters,
-and encodes the ``run`` frame once, so the I/O thread only copies bytes.
+code) and the limits (the operator's policy, then the per-call request), validates
+the context and parameters, and encodes the ``run`` frame once, so the I/O thread
+only copies bytes.
 """
 
 from __future__ import annotations
@@ -15,10 +16,16 @@ from mistral_sandbox.actions import catalog as catalog_mod
 from mistral_sandbox.api.context import ActionContext
 from mistral_sandbox.runner import protocol
 from mistral_sandbox.runner.execution import Execution
-from mistral_sandbox.runner.limits import Limits, clamp
+from mistral_sandbox.runner import limits as limits_mod
+from mistral_sandbox.runner.limits import LimitError, Limits
+from mistral_sandbox.runner.limits_policy import LimitsPolicy
 from mistral_sandbox.runner.outcome import Outcome
 
 MODES = ("run", "test", "describe")
+# the reserved parameter through which a workflow task asks for tighter limits for one
+# execution (e.g. ``input: {url: ..., sandbox_limits: {timeout: 10s}}``); the action never
+# sees it
+LIMITS_PARAM = "sandbox_limits"
 _EMPTY_CONTEXT = ActionContext().to_dict()
 
 
@@ -35,39 +42,62 @@ def context_dict(context: Any) -> Dict[str, Any]:
                      % type(context).__name__)
 
 
-def effective_limits(ceiling: Limits, limits: Union[Limits, Mapping[str, Any], None]):
-    """(the limits an execution gets, notes on what was clamped); LimitError if the
-    requested ones are malformed."""
-    if limits is None:
-        return ceiling, []  # the common case: nothing to merge
-    request = limits if isinstance(limits, Limits) else Limits.parse(limits)
-    return clamp(ceiling, request)
+def request_limits(limits: Union[Limits, Mapping[str, Any], None]) -> Optional[Limits]:
+    """The caller's per-call limits as :class:`Limits` (LimitError if malformed)."""
+    if limits is None or isinstance(limits, Limits):
+        return limits
+    return Limits.parse(limits)
 
 
-def prepare(exec_id: int, catalog: catalog_mod.Catalog, ceiling: Limits, max_frame: int,
+def in_params_limits(params: Dict[str, Any]) -> Optional[Limits]:
+    """Pop :data:`LIMITS_PARAM` from the action's parameters: the limits a workflow task
+    asks for in its input (LimitError, with the parameter named, if malformed)."""
+    raw = params.pop(LIMITS_PARAM, None)
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise LimitError("parameter %r: expected a mapping of limit names to values, got %s"
+                         % (LIMITS_PARAM, type(raw).__name__))
+    try:
+        return Limits.parse(raw)
+    except LimitError as exc:
+        raise LimitError("parameter %r: %s" % (LIMITS_PARAM, exc)) from None
+
+
+def prepare(exec_id: int, catalog: catalog_mod.Catalog, policy: LimitsPolicy, max_frame: int,
             ref: Any, params: Optional[Mapping[str, Any]], context: Any,
             limits: Union[Limits, Mapping[str, Any], None],
             mode: str) -> Union[Execution, Outcome]:
     """An :class:`Execution` (its future pending), or the ``load_error`` outcome of a bad
-    reference, context or parameters. Raises ValueError for a bad ``mode`` and
-    LimitError for malformed ``limits`` (programming errors of the caller)."""
+    reference, context, parameters or in-parameter limits. The limits are the policy's
+    for the context's project and the action, tightened by ``limits`` and by the
+    :data:`LIMITS_PARAM` parameter. Raises ValueError for a bad ``mode`` and LimitError
+    for malformed ``limits`` (programming errors of the caller)."""
     if mode not in MODES:
         raise ValueError("mode must be run, test or describe, got %r" % (mode,))
-    effective, notes = effective_limits(ceiling, limits)
+    request = request_limits(limits)
+    name = ref if isinstance(ref, str) else repr(ref)
+    project = effective = None
     try:
         action_ref = catalog.resolve(ref)
         ctx = context_dict(context)
+        project = ctx["security"].get("project_id")
+        params = _check_params(params)
+        if LIMITS_PARAM in params:
+            request = limits_mod.merge(request, in_params_limits(params))
+        effective, sources, notes = policy.apply(project, action_ref.name, request)
         aeid = ctx["execution"].get("action_execution_id")
         if not aeid:
             aeid = ctx["execution"]["action_execution_id"] = str(uuid.uuid4())
-        frame = _encode(exec_id, action_ref, _check_params(params), ctx, effective, mode,
-                        max_frame)
+        frame = _encode(exec_id, action_ref, params, ctx, effective, mode, max_frame)
     except (catalog_mod.ActionReferenceError, ValueError, protocol.ProtocolError) as exc:
-        return Outcome("load_error", message=str(exc), execution_id=exec_id,
-                       action=ref if isinstance(ref, str) else repr(ref),
-                       limits=effective.to_dict(human=True), notes=notes)
+        if effective is None:
+            effective, sources, notes = policy.apply(project, name, request)
+        return Outcome("load_error", message=str(exc), execution_id=exec_id, action=name,
+                       limits=effective.to_dict(human=True), limit_sources=dict(sources),
+                       notes=notes)
     return Execution(exec_id, action_ref, frame, concurrent.futures.Future(), effective,
-                     notes, aeid, ctx["security"].get("auth_token"), max_frame)
+                     notes, aeid, ctx["security"].get("auth_token"), max_frame, sources)
 
 
 def _check_params(params: Optional[Mapping[str, Any]]) -> Dict[str, Any]:

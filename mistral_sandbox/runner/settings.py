@@ -60,7 +60,10 @@ class SandboxSettings:
     operator-trusted directories on the children's module path. ``uid_start``,
     ``uid_count``, ``uid_lock_dir``: the range of sandbox uids (as root) and where
     their claims are locked. ``max_frame``: largest protocol frame. ``python``: the
-    interpreter that runs the zygote.
+    interpreter that runs the zygote. ``policy_file``: the operator's limits policy
+    (YAML, :mod:`~mistral_sandbox.runner.limits_policy`). ``warm_network``: the network
+    setting prepared children are made for (default: the ceiling's; a ``Sandbox`` with a
+    policy file uses what its policy gives an action no specific entry names).
     """
 
     max_workers: int = 4
@@ -81,6 +84,8 @@ class SandboxSettings:
     uid_lock_dir: Optional[str] = None
     max_frame: int = protocol.DEFAULT_MAX_FRAME
     python: str = sys.executable
+    policy_file: Optional[str] = None
+    warm_network: Optional[bool] = None
 
     def __post_init__(self):
         def put(name, value):
@@ -108,6 +113,11 @@ class SandboxSettings:
         put("preload", tuple(self.preload))
         put("extra_path", tuple(os.path.abspath(p) for p in self.extra_path))
         put("uid_lock_dir", self.uid_lock_dir or default_uid_lock_dir())
+        if self.policy_file is not None:
+            put("policy_file", os.path.abspath(self.policy_file))  # reloads survive a chdir
+        network = bool(self.ceiling.network)
+        put("warm_network", network if self.warm_network is None
+            else bool(self.warm_network) and network)
 
     @property
     def policy(self) -> Mapping[str, str]:
@@ -124,6 +134,7 @@ class SandboxSettings:
             "uid_lock_dir": self.uid_lock_dir,
             "pool": self.max_workers + self.warm + 1,
             "warm": self.warm,
+            "warm_network": self.warm_network,
             "extra_path": list(self.extra_path),
             "policy": dict(self.isolation),
             "seccomp_library": self.seccomp_library,

@@ -149,7 +149,7 @@ class WarmSpawner:
         self.seq += 1
         scratch = os.path.join(self.scratch_root, "w%d" % self.seq)
         stdio = (chan_theirs, out_w, err_w)
-        spec = make_spec(self.config, None, uid, scratch, stdio, self.config.ceiling_network)
+        spec = make_spec(self.config, None, uid, scratch, stdio, self.config.warm_network)
         return _Kit(self.seq, uid, scratch, (chan_ours, out_r, err_r), stdio, spec)
 
 

@@ -198,7 +198,8 @@ class Zygote:
             seccomp_unavailable=unavailable, shared_ns=shared, uid_net_ns=uid_net, views=views,
             cgroup_fds=self.cgroups.join if self.cgroups else {},
             cgroup_unavailable="" if self.cgroups else cgroup_state,
-            pid_ns=self.pidns_forker is not None, unreadable_paths=tuple(unreadable))
+            pid_ns=self.pidns_forker is not None, unreadable_paths=tuple(unreadable),
+            warm_network=bool(s.get("warm_network", ceiling.get("network"))))
         config, native = native_plan.plan(config, s.get("native_isolation", True), self.root,
                                           self.uids.peek(), self.fork_child)
         self.facts = {"unreadable_paths": list(unreadable), "seccomp": unavailable or "ok",

@@ -82,7 +82,7 @@ def test_network_allowed_by_ceiling_and_request(no_leaks):
 def test_network_request_cannot_exceed_the_ceiling(sandbox, clean):
     out = sandbox.run("std.noop", limits={"network": True})
     assert out.ok
-    assert "network: requested True, clamped to False" in out.notes
+    assert "network: requested true, clamped to false (default)" in out.notes
     assert "net_ns" in out.isolation["applied"]
 
 
