@@ -14,6 +14,7 @@ entries) through the policy file (``policy_file``; see
 from __future__ import annotations
 
 import logging
+import re
 import signal
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -22,7 +23,7 @@ from oslo_config import cfg
 from mistral_sandbox.runner import protocol
 from mistral_sandbox.runner import settings as settings_mod
 from mistral_sandbox.runner.limits import (BOOL_FIELDS, DEFAULT_CEILING, FIELD_NAMES,
-                                           SIZE_FIELDS, TIME_FIELDS, LimitError, Limits,
+                                           SIZE_FIELDS, TIME_FIELDS, Limits,
                                            format_duration, format_size, parse_value)
 
 GROUP = "sandbox"
@@ -172,31 +173,42 @@ def settings_from(conf: Optional[cfg.ConfigOpts] = None, **overrides: Any
     """SandboxSettings from the ``[sandbox]`` group of ``conf`` (default ``cfg.CONF``),
     ``overrides`` replacing fields. ValueError naming the option that is wrong."""
     conf = register(conf if conf is not None else cfg.CONF)
-    group = getattr(conf, GROUP)
-    try:
-        group.max_workers  # noqa: B018 (a bad value in a file surfaces on first access)
-        scratch = group.scratch_size
-        values = dict(
-            ceiling=ceiling_from(group), policy_file=group.policy_file,
-            max_workers=group.max_workers, max_queue=group.max_queue, warm=group.warm,
-            wait_exit=group.wait_exit, isolation=dict(group.isolation) or None,
-            seccomp_library=group.seccomp_library,
-            scratch_size=None if scratch.strip().lower() == "none" else scratch,
-            scratch_root=group.scratch_root, share_namespaces=group.share_namespaces,
-            native_isolation=group.native_isolation, preload=tuple(group.preload),
-            extra_path=tuple(group.extra_path), uid_start=group.uid_start,
-            uid_count=group.uid_count, uid_lock_dir=group.uid_lock_dir,
-            max_frame=group.max_frame)
-    except (cfg.ConfigFileValueError, ValueError) as exc:
-        if isinstance(exc, LimitError):
-            raise
-        raise ValueError("[%s] %s" % (GROUP, exc)) from None
+    group = _Group(conf)
+    scratch = group.scratch_size
+    values = dict(
+        ceiling=ceiling_from(group), policy_file=group.policy_file,
+        max_workers=group.max_workers, max_queue=group.max_queue, warm=group.warm,
+        wait_exit=group.wait_exit, isolation=dict(group.isolation) or None,
+        seccomp_library=group.seccomp_library,
+        scratch_size=None if scratch.strip().lower() == "none" else scratch,
+        scratch_root=group.scratch_root, share_namespaces=group.share_namespaces,
+        native_isolation=group.native_isolation, preload=tuple(group.preload),
+        extra_path=tuple(group.extra_path), uid_start=group.uid_start,
+        uid_count=group.uid_count, uid_lock_dir=group.uid_lock_dir, max_frame=group.max_frame)
     values.update(overrides)
     try:
         return settings_mod.SandboxSettings(**values)
     except ValueError as exc:
         text = str(exc)
         raise type(exc)(text if text.startswith("[") else "[%s] %s" % (GROUP, text)) from None
+
+
+class _Group:
+    """The ``[sandbox]`` group, whose values oslo.config checks on first access: a bad
+    one raises ValueError "[sandbox] NAME (FILE): REASON"."""
+
+    def __init__(self, conf: cfg.ConfigOpts):
+        self._conf = conf
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return getattr(getattr(self._conf, GROUP), name)
+        except cfg.ConfigFileValueError as exc:
+            text = str(exc)
+            reason = text.rpartition("is not valid: ")[2]
+            found = re.search(r"detail='([^']*)'", text)  # (the file, in oslo.config's text)
+            where = " (%s)" % found.group(1) if found else ""
+            raise ValueError("[%s] %s%s: %s" % (GROUP, name, where, reason)) from None
 
 
 def reload_on_sighup(sandbox: Any) -> Any:

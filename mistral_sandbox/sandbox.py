@@ -63,7 +63,7 @@ class Sandbox:
         self.catalog = catalog or catalog_mod.default_catalog()
         self._policy_lock = threading.Lock()
         self.limits_policy = self._load_policy(s)  # PolicyFileError: nothing started yet
-        if s.policy_file is not None and s.warm_network is None:
+        if s.warm_network is None:  # what an action no specific entry names gets
             s = dataclasses.replace(s, warm_network=self.limits_policy.baseline().limits.network)
         self.settings = s
         self._ids = itertools.count(1)

@@ -249,8 +249,8 @@ def _parse_entry(path: str, entry: Any) -> Entry:
             nested = raw
             continue
         if not isinstance(key, str) or key not in ENTRY_KEYS:
-            raise PolicyFileError("%s: unknown key%s (known: %s)" % (
-                here, _did_you_mean(key, ENTRY_KEYS), ", ".join(ENTRY_KEYS)))
+            raise PolicyFileError("%s: unknown key%s" % (here, _did_you_mean(key, ENTRY_KEYS)
+                                                         or " (known: %s)" % ", ".join(ENTRY_KEYS)))
         if raw is None:
             raise PolicyFileError("%s: no value (remove the key to leave it unset)" % here)
         for name in ALIASES.get(key, (key,)):

@@ -115,9 +115,8 @@ class SandboxSettings:
         put("uid_lock_dir", self.uid_lock_dir or default_uid_lock_dir())
         if self.policy_file is not None:
             put("policy_file", os.path.abspath(self.policy_file))  # reloads survive a chdir
-        network = bool(self.ceiling.network)
-        put("warm_network", network if self.warm_network is None
-            else bool(self.warm_network) and network)
+        if self.warm_network is not None:
+            put("warm_network", bool(self.warm_network) and bool(self.ceiling.network))
 
     @property
     def policy(self) -> Mapping[str, str]:
@@ -134,7 +133,8 @@ class SandboxSettings:
             "uid_lock_dir": self.uid_lock_dir,
             "pool": self.max_workers + self.warm + 1,
             "warm": self.warm,
-            "warm_network": self.warm_network,
+            "warm_network": bool(self.ceiling.network if self.warm_network is None
+                                 else self.warm_network),
             "extra_path": list(self.extra_path),
             "policy": dict(self.isolation),
             "seccomp_library": self.seccomp_library,

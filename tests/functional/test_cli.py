@@ -147,3 +147,55 @@ def test_runs_as_an_unprivileged_user():
         assert step in applied
     skipped = {s["step"]: s["reason"] for s in out["isolation"]["skipped"]}
     assert "Operation not permitted" in skipped["pid_ns"]
+
+
+def test_limits_shows_effective_values_and_their_sources(tmp_path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text('tenants:\n  "*": {memory: 256MiB}\n  p1: {cpu: 5s}\n'
+                      'actions:\n  "std.*": {timeout: 10s}\n  "nope.*": {timeout: 1s}\n')
+    conf = tmp_path / "sandbox.conf"
+    conf.write_text("[sandbox]\nwall_time = 30s\nfile_size = 1MiB\npolicy_file = %s\n" % policy)
+    p = cli("limits", "--config-file", str(conf), "--project", "p1", "--action", "std.echo",
+            "--json")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["limits"]["address_space"] == "256MiB"
+    assert out["sources"]["address_space"] == "tenant *"
+    assert (out["limits"]["cpu_time"], out["sources"]["cpu_time"]) == ("5s", "tenant p1")
+    assert (out["limits"]["wall_time"], out["sources"]["wall_time"]) == ("10s", "action std.*")
+    assert (out["limits"]["file_size"], out["sources"]["file_size"]) == ("1MiB", "ceiling")
+    assert (out["limits"]["stack_size"], out["sources"]["stack_size"]) == (None, "default")
+    assert out["warnings"] == ["%s: actions: nope.*: matches no installed action" % policy]
+    human = cli("limits", "--config-file", str(conf), "--project", "p1")
+    assert human.returncode == 0
+    assert "  wall_time          30s        ceiling\n" in human.stdout
+    assert "warning: %s: actions: nope.*: matches no installed action" % policy in human.stderr
+
+
+def test_limits_and_run_refuse_a_bad_configuration_with_exit_2(tmp_path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("tenants:\n  p1: {memory: 12XB}\n")
+    for command in (["limits"], ["run", "std.noop"]):
+        p = cli(*command, "--policy-file", str(policy))
+        assert p.returncode == 2
+        assert p.stderr == "mistral-sandbox: %s: tenants: p1: memory: expected a size like " \
+                           "256MiB, 512K or 1GB, got '12XB'\n" % policy
+    conf = tmp_path / "sandbox.conf"
+    conf.write_text("[sandbox]\ncpu_time = forever\n")
+    p = cli("run", "std.noop", "--config-file", str(conf))
+    assert p.returncode == 2
+    assert p.stderr == "mistral-sandbox: configuration (%s): [sandbox] cpu_time: expected a " \
+                       "duration like 2s, 500ms or 1.5m, got 'forever'\n" % conf
+    p = cli("limits", "--config-file", str(tmp_path / "missing.conf"))
+    assert p.returncode == 2 and "missing.conf" in p.stderr
+
+
+def test_run_takes_its_limits_from_the_configuration(tmp_path):
+    conf = tmp_path / "sandbox.conf"
+    conf.write_text("[sandbox]\nwall_time = 300ms\n")
+    p = cli("run", "std.sleep", "--param", "seconds=30", "--config-file", str(conf), "--json")
+    assert p.returncode == 1
+    out = json.loads(p.stdout)
+    assert out["exit_reason"] == "timeout"
+    assert (out["limits"]["wall_time"], out["limit_sources"]["wall_time"]) == ("300ms",
+                                                                               "ceiling")
