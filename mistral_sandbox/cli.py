@@ -288,6 +288,15 @@ def cmd_limits(args) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args) -> int:
+    """Mistral's executor, every action sandboxed (see mistral_sandbox.mistral.service)."""
+    from mistral_sandbox.mistral import service
+    try:
+        return service.serve(args.config_file or [], args.log_file, args.preload)
+    except service.MissingMistral as exc:
+        raise UsageError(str(exc)) from None
+
+
 def cmd_check(args) -> int:
     from mistral_sandbox.runner import check
     settings = load_settings(args) if args.config_file else None
@@ -378,6 +387,16 @@ def build_parser() -> argparse.ArgumentParser:
                          "them at once")
     _config_arguments(bn)
     bn.set_defaults(func=cmd_bench)
+
+    srv = sub.add_parser("serve", help="run as Mistral's executor: every action Mistral "
+                                       "sends runs in the sandbox")
+    srv.add_argument("--config-file", action="append", metavar="FILE",
+                     help="Mistral's configuration (transport_url, [executor]) and the "
+                          "[sandbox] options; repeatable, later files win")
+    srv.add_argument("--log-file", metavar="FILE", help="log here instead of stderr")
+    srv.add_argument("--preload", action="append", metavar="MODULE",
+                     help="operator-trusted module the zygote imports once (repeatable)")
+    srv.set_defaults(func=cmd_serve)
 
     chk = sub.add_parser("check", help="show what isolation this host enforces")
     chk.add_argument("--json", action="store_true")

@@ -132,9 +132,20 @@ def _runner_opts() -> List[cfg.Opt]:
     ]
 
 
+def _serve_opts() -> List[cfg.Opt]:
+    return [
+        cfg.FloatOpt("shutdown_grace", default=30.0, min=0,
+                     help="`serve`: seconds running executions get to finish after SIGTERM "
+                          "before they are ended with an error result."),
+        cfg.FloatOpt("summary_interval", default=60.0, min=0,
+                     help="`serve`: seconds between two summary log lines (executions by "
+                          "outcome, queue depth); 0: none."),
+    ]
+
+
 def list_opts() -> List[Tuple[str, List[cfg.Opt]]]:
     """The options, for ``oslo-config-generator`` (entry point ``oslo.config.opts``)."""
-    return [(GROUP, _runner_opts() + _limit_opts())]
+    return [(GROUP, _runner_opts() + _serve_opts() + _limit_opts())]
 
 
 def register(conf: cfg.ConfigOpts) -> cfg.ConfigOpts:

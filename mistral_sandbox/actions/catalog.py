@@ -140,11 +140,14 @@ class Catalog:
                 if len({e.distribution for e in group}) > 1 or len(group) > 1]
 
     def resolve(self, ref: str) -> ActionRef:
-        """Turn a reference string into an :class:`ActionRef`.
+        """Turn a reference string into an :class:`ActionRef` (an ActionRef is returned
+        as it is: a resolved reference made by trusted code, e.g. the executor service).
 
         Raises :class:`InvalidReference`, :class:`UnknownAction` (with close
         matches) or :class:`AmbiguousAction` (naming every provider).
         """
+        if isinstance(ref, ActionRef):
+            return ref
         resolved = self._resolved.get(ref) if isinstance(ref, str) else None
         if resolved is None:
             resolved = self._resolve(ref)

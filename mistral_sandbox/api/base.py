@@ -22,15 +22,30 @@ from __future__ import annotations
 import abc
 import functools
 import inspect
+import sys
 import warnings
 from typing import Any
 
+# In a process that has mistral-lib loaded (Mistral's API and engine: they import every
+# action class registered in ``mistral.actions``), actions must be serializable by it, or
+# Mistral cannot send them to a remote executor. Elsewhere (a sandboxed child) mistral-lib
+# is not imported for this: it is slow to import.
+_SERIALIZATION = sys.modules.get("mistral_lib.serialization")
+_BASES = (_SERIALIZATION.MistralSerializable, abc.ABC) if _SERIALIZATION else (abc.ABC,)
+SERIALIZATION_KEY = "mistral_sandbox.api.base.Action"
 
-class Action(abc.ABC):
+
+class Action(*_BASES):  # type: ignore[misc]
     """Base class of custom actions (same contract as ``mistral_lib.actions.Action``)."""
 
     def __init__(self) -> None:  # parameters are the subclass's own
         pass
+
+    @classmethod
+    def get_serialization_key(cls) -> str:
+        """mistral-lib's serializer key: one for every subclass, like mistral-lib's own
+        ``Action`` (class path, class attributes and instance fields)."""
+        return SERIALIZATION_KEY
 
     @abc.abstractmethod
     def run(self, context) -> Any:
@@ -53,6 +68,11 @@ class Action(abc.ABC):
     def is_sync(self) -> bool:
         """True if ``run()`` returns the final result (the default)."""
         return True
+
+
+if _SERIALIZATION is not None:
+    from mistral_lib.actions import base as _ml_base
+    _SERIALIZATION.register_serializer(Action, _ml_base.ActionSerializer())
 
 
 @functools.lru_cache(maxsize=None)

@@ -76,7 +76,7 @@ def prepare(exec_id: int, catalog: catalog_mod.Catalog, policy: LimitsPolicy, ma
     if mode not in MODES:
         raise ValueError("mode must be run, test or describe, got %r" % (mode,))
     request = request_limits(limits)
-    name = ref if isinstance(ref, str) else repr(ref)
+    name = ref if isinstance(ref, str) else getattr(ref, "name", None) or repr(ref)
     project = effective = None
     try:
         action_ref = catalog.resolve(ref)

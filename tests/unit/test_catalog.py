@@ -22,7 +22,7 @@ def make_dist(root, name, entry_points):
 def dists(tmp_path, monkeypatch):
     make_dist(str(tmp_path), "pack_one", """
         [mistral.actions]
-        std.echo = pack_one.actions:MistralEcho
+        pack.first = pack_one.actions:MistralFirst
         pack.hello = pack_one.actions:Hello
         pack.clash = pack_one.actions:Clash
         """)
@@ -31,22 +31,25 @@ def dists(tmp_path, monkeypatch):
         pack.clash = pack_two.actions:Clash
         [mistral_sandbox.actions]
         pack.bad = not a target
+        pack.first = pack_two.actions:SandboxFirst
         """)
     monkeypatch.syspath_prepend(str(tmp_path))
     return Catalog()
 
 
 def test_std_echo_resolves_to_our_namespace_first(dists):
-    ref = dists.resolve("std.echo")
+    ref = dists.resolve("std.echo")  # (Mistral's own std.echo, when installed, comes second)
     assert ref.namespace == SANDBOX_NAMESPACE
     assert ref.target == "mistral_sandbox.actions.std:EchoAction"
     assert ref.distribution == "mistral-sandbox"
+    ref = dists.resolve("pack.first")
+    assert ref.namespace == SANDBOX_NAMESPACE and ref.target == "pack_two.actions:SandboxFirst"
 
 
 def test_explicit_namespace_selection(dists):
-    ref = dists.resolve("std.echo@mistral")
-    assert ref.namespace == MISTRAL_NAMESPACE and ref.target == "pack_one.actions:MistralEcho"
-    assert dists.resolve("std.echo@sandbox").namespace == SANDBOX_NAMESPACE
+    ref = dists.resolve("pack.first@mistral")
+    assert ref.namespace == MISTRAL_NAMESPACE and ref.target == "pack_one.actions:MistralFirst"
+    assert dists.resolve("pack.first@sandbox").namespace == SANDBOX_NAMESPACE
     assert dists.resolve("pack.hello@%s" % MISTRAL_NAMESPACE).target == "pack_one.actions:Hello"
     with pytest.raises(InvalidReference, match="unknown namespace 'nowhere'"):
         dists.resolve("std.echo@nowhere")

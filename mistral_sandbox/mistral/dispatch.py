@@ -1,0 +1,92 @@
+"""The service's side of one ``run_action``: what to submit, and the ``Result`` to send back.
+
+Pure functions over plain data: the serialized action stays the text it came as
+(nothing here imports or rebuilds it), the contexts become the runner's, Mistral's
+``timeout`` becomes a wall-time request, and an :class:`Outcome` becomes the
+``(data, error, cancel)`` of mistral-lib's ``Result``, with one clear error text for
+every way an execution can end badly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from mistral_sandbox.actions.catalog import ActionRef, Catalog
+from mistral_sandbox.api.context import ExecutionContext, SecurityContext
+from mistral_sandbox.mistral import runtime
+
+RUNTIME_TARGET = "mistral_sandbox.mistral.runtime:SerializedAction"
+KIND = "mistral_serialized"
+_SECURITY_FIELDS = tuple(f.name for f in dataclasses.fields(SecurityContext))
+_EXECUTION_FIELDS = tuple(f.name for f in dataclasses.fields(ExecutionContext))
+# the limits a reason names, in the error text Mistral stores
+_REASON_LIMITS = {
+    "timeout": ("wall_time",),
+    "cpu_limit": ("cpu_time",),
+    "memory_limit": ("resident_set_size", "address_space"),
+    "output_limit": ("max_result_bytes", "max_output_bytes"),
+}
+
+
+class ActionNames:
+    """Class path -> the action's name in the catalog (``std.echo``), for the policy and
+    the logs; a class no entry point names keeps its class path (``pkg.mod:Class``)."""
+
+    def __init__(self, catalog: Catalog):
+        self._names: Dict[str, str] = {}
+        for entry in reversed(catalog.entries()):  # the first namespace wins
+            self._names[entry.target] = entry.name
+
+    def name(self, class_path: str) -> str:
+        module, _, cls = class_path.rpartition(".")
+        target = "%s:%s" % (module, cls) if module else class_path
+        return self._names.get(target, target)
+
+
+def action_ref(names: ActionNames, action: Any) -> ActionRef:
+    """The reference the sandbox runs for the serialized ``action`` (ValueError if it is
+    not one): its name is what the policy matches."""
+    return ActionRef(name=names.name(runtime.action_class_path(action)), target=RUNTIME_TARGET,
+                     kind=KIND)
+
+
+def context_of(rpc_ctx: Optional[Mapping[str, Any]], exec_ctx: Optional[Mapping[str, Any]]
+               ) -> Dict[str, Dict[str, Any]]:
+    """The runner's context dict from Mistral's RPC context (security: token, user,
+    project...) and execution context (workflow, task, action execution ids)."""
+    security = {k: v for k, v in (rpc_ctx or {}).items() if k in _SECURITY_FIELDS}
+    execution = {k: v for k, v in (exec_ctx or {}).items() if k in _EXECUTION_FIELDS}
+    return {"security": security, "execution": execution}
+
+
+def timeout_limits(timeout: Any) -> Optional[Dict[str, float]]:
+    """Mistral's task ``timeout`` (seconds) as a wall-time request (None: none)."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        return None
+    if not math.isfinite(timeout) or timeout <= 0:
+        return None
+    return {"wall_time": float(timeout)}
+
+
+def result_fields(outcome) -> Tuple[Any, Any, bool]:
+    """``(data, error, cancel)`` of the Result for Mistral."""
+    if outcome.exit_reason == "ok" and outcome.result is not None:
+        r = outcome.result
+        return r.data, r.error, bool(r.cancel)
+    return None, error_text(outcome), False
+
+
+def error_text(outcome) -> str:
+    """One line naming the reason, what happened and the limit involved."""
+    text = "%s: %s" % (outcome.exit_reason, outcome.message or "the execution failed")
+    limits = ["%s=%s (%s)" % (name, outcome.limits[name],
+                              outcome.limit_sources.get(name, "?"))
+              for name in _REASON_LIMITS.get(outcome.exit_reason, ())
+              if outcome.limits.get(name) is not None]
+    if limits:
+        text += " [limits: %s]" % ", ".join(limits)
+    if outcome.exit_reason == "action_error" and outcome.error_type:
+        text += " [%s]" % outcome.error_type
+    return text
