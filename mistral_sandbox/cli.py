@@ -9,6 +9,7 @@ any sandbox starts).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import signal
@@ -170,6 +171,8 @@ def cmd_run(args) -> int:
     # one execution: nothing to prepare ahead; wait for its exit, so the output shows the
     # exit status and the kernel's account of its CPU and memory
     settings = load_settings(args, max_workers=1, warm=0, wait_exit=True)
+    if args.preload:
+        settings = dataclasses.replace(settings, preload=settings.preload + tuple(args.preload))
     # SIGTERM behaves like Ctrl-C: kill the child, clean up, exit (130).
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
@@ -424,6 +427,9 @@ def _add_run_parsers(sub) -> None:
                      % ", ".join(sorted(set(FIELD_NAMES) | set(ALIASES))))
     run.add_argument("--dry-run", action="store_true", help="call the action's test()")
     run.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    run.add_argument("--preload", action="append", metavar="MODULE",
+                     help="operator-trusted module imported before the child forks "
+                          "(e.g. mistral_lib.actions: an action's imports cost less)")
     _config_arguments(run, policy_file=True)
     run.set_defaults(func=cmd_run)
 

@@ -15,6 +15,17 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libseccomp\.so\.2'; then
         exit 1
     fi
 fi
+# The integration tests run a real RabbitMQ (the test session starts and stops it).
+if ! command -v rabbitmq-server >/dev/null && ! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null
+        # (Debian's package may start a broker of its own; the tests start theirs on 127.0.0.1)
+        bash scripts/rabbitmq.sh stop >/dev/null 2>&1 || true
+    else
+        echo "scripts/test.sh: RabbitMQ is missing; install it (Debian: apt-get install rabbitmq-server)" >&2
+        exit 1
+    fi
+fi
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi

@@ -85,6 +85,8 @@ def instantiate(cls: type, params: dict, name: str) -> Any:
         _raise_binding_error(cls, params, name, exc)
         raise LoadError("%s rejected its parameters: %s: %s"
                         % (name, type(exc).__name__, exc)) from None
+    except LoadError:  # (a loader of its own, e.g. the runtime of Mistral's actions)
+        raise
     except Exception as exc:
         raise LoadError("%s rejected its parameters: %s: %s"
                         % (name, type(exc).__name__, exc)) from None

@@ -147,7 +147,16 @@ class SerializedAction(api_base.Action):
     """
 
     def __init__(self, action: str):
-        self._action = rebuild(action)
+        try:
+            self._action = rebuild(action)
+        except BaseException as exc:  # its module's code ran: anything can come out
+            from mistral_sandbox.actions.loader import LoadError
+            try:
+                what = action_class_path(action)
+            except (ValueError, KeyError, TypeError):
+                what = "?"
+            raise LoadError("cannot rebuild the action Mistral sent (%s): %s: %s"
+                            % (what, type(exc).__name__, exc)) from None
 
     def is_sync(self) -> bool:
         is_sync = getattr(self._action, "is_sync", None)

@@ -199,3 +199,15 @@ def test_run_takes_its_limits_from_the_configuration(tmp_path):
     assert out["exit_reason"] == "timeout"
     assert (out["limits"]["wall_time"], out["limit_sources"]["wall_time"]) == ("300ms",
                                                                                "ceiling")
+
+
+def test_serve_without_mistral_says_what_to_install(tmp_path):
+    fake = tmp_path / "mistral"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('No module named mistral (test)')\n")
+    exe = shutil.which("mistral-sandbox", path=os.path.dirname(sys.executable))
+    p = subprocess.run([exe, "serve"], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PYTHONPATH=str(tmp_path)))
+    assert p.returncode == 2
+    assert p.stderr.startswith("mistral-sandbox: the executor service needs Mistral (pip "
+                               "install 'mistral-sandbox[mistral]'): ")

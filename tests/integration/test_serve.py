@@ -124,7 +124,7 @@ def test_an_async_action_completes_through_the_api(stack):
     stack.request("PUT", "/action_executions/%s" % action_ex["id"],
                   {"state": "SUCCESS", "output": json.dumps({"result": "later"})})
     ex = stack.wait_execution(ex_id, 30)
-    assert ex["state"] == "SUCCESS" and ex["output"]["out"] == "later"
+    assert ex["state"] == "SUCCESS" and ex["output"]["out"] == {"result": "later"}
 
 
 def test_thirty_parallel_workflows(stack):
@@ -145,26 +145,46 @@ def test_thirty_parallel_workflows(stack):
 
 
 def test_a_redelivered_action_that_is_not_safe_to_rerun_is_not_run(stack):
+    action = json.dumps({"__serial_key": "mistral_lib.actions.base.Action",
+                         "__serial_data": json.dumps({
+                             "cls": "mistral_itest_actions.Sleeper", "cls_attrs": {},
+                             "data": {"seconds": 60}})})
+    cast_run_action(stack, action, {"redelivered": True, "project_id": "p"},
+                    action_ex_id="redelivered-1")
+    wait_for(lambda: "action ? [action_ex_id=redelivered-1]: redelivered" in
+             stack.log("serve"), 30, "the redelivered request to be refused")
+    assert not sleepers()
+
+
+def cast_run_action(stack, action, rpc_ctx, **kwargs):
+    """Send ``run_action`` to the stack's executor topic as Mistral's engine does."""
     import oslo_messaging as messaging
     from oslo_config import cfg
 
-    # (oslo.messaging registers some of its options on the global configuration only)
     transport = messaging.get_rpc_transport(cfg.CONF,
                                             url="rabbit://guest:guest@127.0.0.1:5672/")
     try:
         client = messaging.get_rpc_client(transport, messaging.Target(
             topic="mistral_executor_%s" % stack.suffix))
-        action = json.dumps({"__serial_key": "mistral_lib.actions.base.Action",
-                             "__serial_data": json.dumps({
-                                 "cls": "mistral_itest_actions.Sleeper", "cls_attrs": {},
-                                 "data": {"seconds": 60}})})
-        client.cast({"redelivered": True, "project_id": "p"}, "run_action", action=action,
-                    action_ex_id="redelivered-1", safe_rerun=False, exec_ctx={}, timeout=None)
-        wait_for(lambda: "action ? [action_ex_id=redelivered-1]: redelivered" in
-                 stack.log("serve"), 30, "the redelivered request to be refused")
-        assert not sleepers()
+        args = dict(action=action, action_ex_id=None, safe_rerun=False, exec_ctx={},
+                    timeout=None)
+        args.update(kwargs)
+        client.cast(rpc_ctx, "run_action", **args)
     finally:
         transport.cleanup()
+
+
+def test_the_auth_token_stays_out_of_the_executor_log(stack):
+    token = "gAAAA-itest-secret-token-0123456789"
+    action = json.dumps({"__serial_key": "mistral_lib.actions.base.Action",
+                         "__serial_data": json.dumps({
+                             "cls": "mistral_itest_actions.LeaksToken", "cls_attrs": {},
+                             "data": {}})})
+    cast_run_action(stack, action, {"auth_token": token, "project_id": "p"},
+                    action_ex_id="token-1")
+    wait_for(lambda: "[action_ex_id=token-1]: action_error" in stack.log("serve"), 30,
+             "the token-leaking action to end")
+    assert token not in stack.log("serve")
 
 
 def test_scale_out_survives_a_killed_executor(stack):

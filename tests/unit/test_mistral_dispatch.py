@@ -1,0 +1,71 @@
+"""The executor service's pure parts: reading what Mistral sends, writing what it gets."""
+
+import json
+
+import pytest
+
+from mistral_sandbox.actions.catalog import Catalog
+from mistral_sandbox.mistral import dispatch, runtime
+from mistral_sandbox.runner.outcome import Outcome
+from mistral_sandbox.api.types import Result
+
+
+def serialized(cls, data, key=runtime.MISTRAL_LIB_ACTION, cls_attrs=None):
+    return json.dumps({"__serial_key": key, "__serial_data": json.dumps(
+        {"cls": cls, "cls_attrs": cls_attrs or {}, "data": data})})
+
+
+def test_the_class_path_is_read_without_importing_anything():
+    text = serialized("no_such_module_anywhere.Thing", {"x": 1})
+    assert runtime.action_class_path(text) == "no_such_module_anywhere.Thing"
+    adhoc = json.dumps({"__serial_key": runtime.ADHOC_ACTION,
+                        "__serial_data": json.dumps({"base_action": text})})
+    assert runtime.action_class_path(adhoc) == "no_such_module_anywhere.Thing"
+    with pytest.raises(ValueError, match="no __serial_key"):
+        runtime.action_class_path(json.dumps({"cls": "x"}))
+
+
+def test_names_come_from_the_catalog_else_the_class_path():
+    names = dispatch.ActionNames(Catalog())
+    assert names.name("mistral.actions.std_actions.EchoAction") == "std.echo"
+    assert names.name("mistral_sandbox.actions.std.NoOpAction") == "std.noop"
+    assert names.name("acme.actions.Report") == "acme.actions:Report"
+    ref = dispatch.action_ref(names, serialized("mistral.actions.std_actions.HTTPAction", {}))
+    assert (ref.name, ref.target) == ("std.http", dispatch.RUNTIME_TARGET)
+
+
+def test_rebuild_sets_fields_without_init_and_uses_light_std_actions():
+    action = runtime.rebuild(serialized("mistral.actions.std_actions.EchoAction",
+                                        {"output": "hi", "_delay": 0}))
+    assert action.run(None) == "hi" and type(action).__module__ == runtime.__name__
+    rebuilt = runtime.rebuild(serialized("mistral_sandbox.actions.std.EchoAction",
+                                         {"output": 5}, cls_attrs={"extra": 1}))
+    assert rebuilt.output == 5 and rebuilt.extra == 1 and rebuilt.run(None) == 5
+    fail = runtime.rebuild(serialized("mistral.actions.std_actions.FailAction",
+                                      {"error_data": {"why": "x"}}))
+    assert fail.run(None).error == {"why": "x"}
+    with pytest.raises(runtime.UnsupportedAction, match="dynamic actions"):
+        runtime.rebuild(json.dumps({"__serial_key": runtime.DYNAMIC_ACTION,
+                                    "__serial_data": "{}"}))
+
+
+def test_contexts_and_timeout():
+    ctx = dispatch.context_of({"auth_token": "t", "project_id": "p", "roles": ["x"]},
+                              {"workflow_name": "wf", "callback_url": "/v2/x", "other": 1})
+    assert ctx == {"security": {"auth_token": "t", "project_id": "p"},
+                   "execution": {"workflow_name": "wf", "callback_url": "/v2/x"}}
+    assert dispatch.timeout_limits(2) == {"wall_time": 2.0}
+    for bad in (None, 0, -1, True, "5", float("inf")):
+        assert dispatch.timeout_limits(bad) is None
+
+
+def test_every_failure_is_one_error_text_naming_reason_and_limit():
+    out = Outcome("timeout", message="the action exceeded its wall-time limit of 2s",
+                  limits={"wall_time": "2s"}, limit_sources={"wall_time": "request"})
+    assert dispatch.result_fields(out) == (
+        None, "timeout: the action exceeded its wall-time limit of 2s [limits: wall_time=2s "
+              "(request)]", False)
+    out = Outcome("action_error", message="ValueError: boom", error_type="ValueError")
+    assert dispatch.error_text(out) == "action_error: ValueError: boom [ValueError]"
+    ok = Outcome("ok", result=Result(data=None, error={"e": 1}))
+    assert dispatch.result_fields(ok) == (None, {"e": 1}, False)
