@@ -117,14 +117,14 @@ def main(argv=None):
     s, m = report["executors"]["serve"], report["executors"]["mistral"]
     report["ratios"] = {"p50": s["p50_ms"] / m["p50_ms"], "p99": s["p99_ms"] / m["p99_ms"],
                         "wf_per_s": s["wf_per_s"] / m["wf_per_s"]}
-    print("%-28s %10s %10s %12s" % ("executor (one-task std.echo)", "p50 ms", "p99 ms",
-                                     "100 par wf/s"))
+    header = ("executor (one-task std.echo)", "p50 ms", "p99 ms", "100 par wf/s")
+    print("%-28s %10s %10s %12s" % header)
     for kind, label in (("mistral", "Mistral's own executor"), ("serve", "mistral-sandbox serve")):
         e = report["executors"][kind]
         print("%-28s %10.1f %10.1f %12.1f" % (label, e["p50_ms"], e["p99_ms"], e["wf_per_s"]))
     r = report["ratios"]
-    print("serve / Mistral: p50 x%.3f, p99 x%.3f, workflows/s x%.3f" % (r["p50"], r["p99"],
-                                                                       r["wf_per_s"]))
+    print("serve / Mistral: p50 x%.3f, p99 x%.3f, workflows/s x%.3f"
+          % (r["p50"], r["p99"], r["wf_per_s"]))
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "mistral_compare.json"), "w") as f:
