@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import time
 
@@ -40,6 +41,9 @@ def test_std_echo(stack):
     assert ex["state"] == "SUCCESS", ex
     assert ex["output"]["out"] == "hello"
     assert "action std.echo [action_ex_id=" in stack.log("serve")
+    # the periodic summary (every 2 s in this stack) counts it
+    wait_for(lambda: re.search(r"last 2s: [^;]*\bok [1-9]", stack.log("serve")), 10,
+             "a summary line counting it")
 
 
 def test_a_mistral_lib_action_runs_in_a_sandboxed_child(stack):
