@@ -43,7 +43,8 @@ def end_to_end(stack, workflow):
             break
         time.sleep(0.005)
     if state != "SUCCESS":
-        raise RuntimeError("workflow %s ended %s" % (ex_id, state))
+        infos = [t.get("state_info") for t in stack.tasks(ex_id)]
+        raise RuntimeError("workflow %s ended %s: %s" % (ex_id, state, infos))
     return time.perf_counter() - t0
 
 
@@ -92,7 +93,8 @@ def main(argv=None):
 
     broker = RabbitMQ()
     broker.ensure()
-    stack = MistralStack(sandbox_options="max_workers = 8\n")
+    # Mistral's default heartbeat interval (the tests use 1 s to see a dead executor soon)
+    stack = MistralStack(sandbox_options="max_workers = 8\n", heartbeat=20)
     rounds = {"serve": [], "mistral": []}
     try:
         stack.start_mistral()

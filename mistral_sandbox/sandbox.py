@@ -21,7 +21,7 @@ import threading
 from typing import Any, Dict, Mapping, Optional, Union
 
 from mistral_sandbox.actions import catalog as catalog_mod
-from mistral_sandbox.runner import outcome, request
+from mistral_sandbox.runner import nested, outcome, request
 from mistral_sandbox.runner.engine import Engine
 from mistral_sandbox.runner.errors import Overloaded, SandboxError
 from mistral_sandbox.runner.intake import Intake
@@ -79,7 +79,9 @@ class Sandbox:
             self._remove_scratch()
             raise
         link = ZygoteLink(self._client, self._pool, self._intake)
-        self._engine = Engine(s, self._intake, self._pool, link)
+        broker = nested.Broker(self.catalog, lambda: self.limits_policy, s.max_frame,
+                               lambda: next(self._ids))
+        self._engine = Engine(s, self._intake, self._pool, link, broker)
         link.attach(self._engine)
         self._thread = threading.Thread(target=self._run, name="mistral-sandbox-io",
                                         daemon=True)

@@ -13,6 +13,7 @@ from mistral_sandbox.api.context import ActionContext
 from mistral_sandbox.api.context import ExecutionContext
 from mistral_sandbox.api.context import SecurityContext
 from mistral_sandbox.api.exceptions import ActionException
+from mistral_sandbox.api.exceptions import NestedActionError
 from mistral_sandbox.api.exceptions import NotAvailable
 from mistral_sandbox.api.exceptions import NoSecurityContext
 from mistral_sandbox.api.types import Result
@@ -22,6 +23,7 @@ __all__ = [
     "ActionContext",
     "ActionException",
     "ExecutionContext",
+    "NestedActionError",
     "NoSecurityContext",
     "NotAvailable",
     "Result",

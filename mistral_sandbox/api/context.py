@@ -97,6 +97,8 @@ class ExecutionContext:
     task_rerun_no: int = 0
     task_rerun_id: Optional[str] = None
     workflow_propagated_headers: Optional[dict] = None
+    # set for an action run nested by another (utils.run_action): the caller's id
+    parent_action_execution_id: Optional[str] = None
 
     def to_dict(self) -> dict:
         return {name: getattr(self, name) for name in _FIELD_ORDER[ExecutionContext]}

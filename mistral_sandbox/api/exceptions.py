@@ -18,3 +18,22 @@ class NotAvailable(RuntimeError):
 
 class NoSecurityContext(RuntimeError):
     """A security accessor was used outside a running action."""
+
+
+class NestedActionError(ActionException):
+    """A nested call (:func:`mistral_sandbox.api.utils.run_action`) did not produce a
+    result: the runner refused it (``reason == "refused"``: the policy or the
+    ``nested_calls`` / ``nested_depth`` limits) or the nested action ended without one
+    (``reason`` is its outcome's exit reason: ``action_error``, ``timeout``,
+    ``memory_limit``, ``load_error``...). ``message`` says why. Catch it to handle the
+    failure; left alone, it fails the calling action.
+
+    A nested action that *returns* an error ``Result`` does not raise: the caller gets
+    that ``Result``.
+    """
+
+    def __init__(self, action: str, reason: str, message: str):
+        super().__init__("nested action %s: %s: %s" % (action, reason, message))
+        self.action = action
+        self.reason = reason
+        self.message = message

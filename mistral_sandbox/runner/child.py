@@ -25,6 +25,7 @@ import os
 import resource
 import socket
 import sys
+import threading
 import traceback
 import warnings
 from typing import Any, Dict, Optional
@@ -32,8 +33,9 @@ from typing import Any, Dict, Optional
 from mistral_sandbox.actions import loader
 from mistral_sandbox.api import base as api_base
 from mistral_sandbox.api import security
+from mistral_sandbox.api import utils as api_utils
 from mistral_sandbox.api.context import ActionContext, ExecutionContext, SecurityContext
-from mistral_sandbox.api.exceptions import ActionException
+from mistral_sandbox.api.exceptions import ActionException, NotAvailable
 from mistral_sandbox.runner import isolation, protocol
 from mistral_sandbox.runner.child_config import CHANNEL_FD, ChildConfig, ChildSpec
 
@@ -78,6 +80,31 @@ class Channel:
         self.exec_id = exec_id
         self.max_frame = max_frame
         self.broken = False
+        self._calls = 0
+        self._call_lock = threading.Lock()
+
+    def call(self, action: str, params: Dict[str, Any], mode: str) -> Dict[str, Any]:
+        """A nested call through the parent: send ``call``, wait for its ``call_result``
+        (one call at a time). Raises SerializationError for unsendable parameters,
+        NotAvailable once the channel is gone."""
+        with self._call_lock:
+            self._calls += 1
+            frame = protocol.encode({"type": "call", "id": self.exec_id,
+                                     "call_id": self._calls, "action": action,
+                                     "params": params, "mode": mode}, self.max_frame)
+            if not self.send_raw(frame):
+                raise NotAvailable("the runner's channel is closed: no nested call possible")
+            try:
+                reply = protocol.validate(protocol.read_frame(self.sock, self.max_frame),
+                                          frozenset({"call_result"}))
+            except (EOFError, OSError, protocol.ProtocolError) as exc:
+                self.broken = True
+                raise NotAvailable("the runner did not answer the nested call: %s" % exc) \
+                    from None
+            if reply["call_id"] != self._calls:
+                self.broken = True
+                raise NotAvailable("the runner answered another call (%r)" % reply["call_id"])
+            return reply
 
     def send_raw(self, frame: bytes) -> bool:
         if self.broken:
@@ -205,14 +232,19 @@ def run_action(request: Dict[str, Any], channel: Any, unreadable_paths=()) -> Di
         raise LoadFailure(str(exc) + _import_hint(str(exc), unreadable_paths)) from None
     except (KeyError, TypeError, ValueError) as exc:
         raise LoadFailure("malformed request for %s: %s" % (name, exc)) from None
+    broker = getattr(channel, "call", None)
     try:
         with security.bind(context.security):
+            api_utils.install_broker(broker)
             is_sync = getattr(action, "is_sync", None)  # duck-typed actions may lack it
             sync = bool(is_sync()) if callable(is_sync) else True
             value = api_base.call_run(action, action_context,
                                       "test" if mode == "test" else "run")
     except BaseException as exc:
         raise ActionFailure() from exc
+    finally:
+        if broker is not None:
+            api_utils.install_broker(None)
     reply = {"type": "result", "id": channel.exec_id, "sync": sync}
     reply.update(_unwrap_result(value) if sync or mode == "test" else
                  {"data": None, "error": None, "cancel": False})

@@ -21,6 +21,7 @@ from typing import Dict, Optional
 from mistral_sandbox.runner import control, linux, outcome
 from mistral_sandbox.runner.execution import Execution, State
 from mistral_sandbox.runner.intake import Intake
+from mistral_sandbox.runner.nested import NestedCalls
 from mistral_sandbox.runner.settings import SandboxSettings
 from mistral_sandbox.runner.warm_pool import WarmPool
 from mistral_sandbox.runner.watchdog import Watchdog
@@ -57,8 +58,10 @@ class Waker:
 class Engine:
     """Runs the executions of one sandbox on its own I/O thread (:meth:`run`)."""
 
-    def __init__(self, settings: SandboxSettings, intake: Intake, pool: WarmPool, link):
+    def __init__(self, settings: SandboxSettings, intake: Intake, pool: WarmPool, link,
+                 broker=None):
         self.settings = settings
+        self.nested = NestedCalls(self, broker)
         self.intake = intake
         self.pool = pool
         self.link = link  # ZygoteLink
@@ -202,6 +205,15 @@ class Engine:
         # (with cgroups the request waits for the child's uid: see forked)
         self._begin(ex, *ends, hold=self.watchdog.tree is not None)
 
+    def start_now(self, ex: Execution) -> None:
+        """Start ``ex`` at once, outside ``max_workers`` (a nested call: its caller waits)."""
+        if self.link.ready:
+            self._start(ex, bool(ex.limits.network))
+        else:
+            ex.advance(State.EXITED)
+            self.resolve(ex, outcome.without_run(ex, "sandbox_error", "the sandbox is "
+                                                 "restarting its zygote"))
+
     def forked(self, ex: Execution, pid: int, scratch: str, uid, cpu_base: float) -> None:
         """The zygote forked ``ex``'s child: write the request once its cgroup has the
         execution's limits."""
@@ -216,7 +228,7 @@ class Engine:
             ex.notes.append(problem)
         self.watchdog.started(ex, time.monotonic())
         ex.written_request = True
-        ex.io.write_request(self.sel, lambda m, ex=ex: self._on_channel(ex, m), force=True)
+        ex.io.write_request(self.sel, lambda m, ex=ex: self.on_channel(ex, m), force=True)
 
     def _tree_limits_required(self) -> bool:
         return self.settings.isolation.get("cgroup") == "required"
@@ -229,15 +241,15 @@ class Engine:
         ex.written_request = not hold
         if not hold:
             self.watchdog.started(ex, now)
-        ex.io.attach(self.sel, sock, out_r, err_r, lambda m, ex=ex: self._on_channel(ex, m),
+        ex.io.attach(self.sel, sock, out_r, err_r, lambda m, ex=ex: self.on_channel(ex, m),
                      lambda m, ex=ex: self._on_output(ex, 1),
                      lambda m, ex=ex: self._on_output(ex, 2), hold=hold)
 
     # ------------------------------------------------------------ a child's ends
 
-    def _on_channel(self, ex: Execution, mask: int) -> None:
+    def on_channel(self, ex: Execution, mask: int) -> None:
         if mask & selectors.EVENT_WRITE:
-            ex.io.write_request(self.sel, lambda m, ex=ex: self._on_channel(ex, m))
+            ex.io.write_request(self.sel, lambda m, ex=ex: self.on_channel(ex, m))
         if mask & selectors.EVENT_READ and self._read_channel(ex):
             self._maybe_deliver(ex)
 
@@ -246,6 +258,8 @@ class Engine:
         eof, broke = ex.read_channel(self.sel)
         if broke:
             self._send_kill(ex)
+        elif ex.pending_call is not None:
+            self.nested.answer(ex)
         return eof
 
     def _on_output(self, ex: Execution, which: int) -> None:
@@ -296,6 +310,7 @@ class Engine:
         if exit_report is not None:  # what it wrote before it died
             self.drain(ex)
         ex.io.close(self.sel)
+        self.nested.caller_ended(ex)
         self.running.pop(ex.id, None)
         self.watchdog.finished(ex, self.running)
         if ex.slot is not None:

@@ -103,6 +103,14 @@ class Execution:
         self._tail = min(limits.max_output_bytes or TAIL_BYTES, TAIL_BYTES)
         self.cold_wait_since: Optional[float] = None  # waiting for a prepared child since
         self.state = State.QUEUED
+        # nested calls (runner/nested.py): the context the child got, how deep this
+        # execution is, the calls it made, the one it waits for, the caller it serves
+        self.context: Optional[Dict[str, Any]] = None
+        self.depth = 0
+        self.calls_made = 0
+        self.pending_call: Optional[Dict[str, Any]] = None
+        self.nested: Optional["Execution"] = None
+        self.parent: Optional["Execution"] = None
         self._reset()
 
     def _reset(self) -> None:
@@ -248,7 +256,11 @@ class Execution:
                 self.isolation = msg["isolation"]  # a sandbox_error: steps applied so far
             self.reply = msg
         elif mtype == "call":
-            raise protocol.ProtocolError("nested action calls are not enabled in this runner")
+            if self.state is not State.RUNNING or self.reply is not None:
+                raise protocol.ProtocolError("call message outside the running action")
+            if self.pending_call is not None or self.nested is not None:
+                raise protocol.ProtocolError("call message while another call is pending")
+            self.pending_call = msg  # (the engine answers it: see runner/nested.py)
 
     def _on_log(self, msg: Dict[str, Any]) -> None:
         """Keep the record for the outcome (bounded by max_log_bytes), and log it on the

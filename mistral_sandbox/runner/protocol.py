@@ -309,9 +309,10 @@ SCHEMAS: Dict[str, Dict[str, Tuple[Any, bool]]] = {
               "isolation": (_MAP, False), "usage": (_MAP, False)},
     "log": {"level": (_INT, True), "msg": (_STR, True), "logger": (_OPT_STR, False)},
     "call": {"id": (_INT, True), "call_id": (_INT, True), "action": (_STR, True),
-             "params": (_MAP, True)},
+             "params": (_MAP, True), "mode": (_STR, False)},
     "call_result": {"call_id": (_INT, True), "data": (_ANY, False), "error": (_ANY, False),
-                    "cancel": (_BOOL, False)},
+                    "cancel": (_BOOL, False), "reason": (_STR, False),
+                    "message": (_STR, False)},
     "cancel": {"id": (_INT, True)},
 }
 

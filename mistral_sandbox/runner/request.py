@@ -96,8 +96,10 @@ def prepare(exec_id: int, catalog: catalog_mod.Catalog, policy: LimitsPolicy, ma
         return Outcome("load_error", message=str(exc), execution_id=exec_id, action=name,
                        limits=effective.to_dict(human=True), limit_sources=dict(sources),
                        notes=notes)
-    return Execution(exec_id, action_ref, frame, concurrent.futures.Future(), effective,
-                     notes, aeid, ctx["security"].get("auth_token"), max_frame, sources)
+    ex = Execution(exec_id, action_ref, frame, concurrent.futures.Future(), effective,
+                   notes, aeid, ctx["security"].get("auth_token"), max_frame, sources)
+    ex.context = ctx  # (what a nested call it makes inherits)
+    return ex
 
 
 def _check_params(params: Optional[Mapping[str, Any]]) -> Dict[str, Any]:

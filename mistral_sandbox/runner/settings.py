@@ -119,6 +119,15 @@ class SandboxSettings:
             put("warm_network", bool(self.warm_network) and bool(self.ceiling.network))
 
     @property
+    def nested_depth_cap(self) -> int:
+        """How deep nested calls may go under this ceiling."""
+        from mistral_sandbox.runner.nested import MAX_DEPTH
+        depth = self.ceiling.nested_depth
+        if not self.ceiling.nested_calls and self.ceiling.nested_calls is not None:
+            return 0
+        return MAX_DEPTH if depth is None else min(depth, MAX_DEPTH)
+
+    @property
     def policy(self) -> Mapping[str, str]:
         """The whole isolation policy (step -> level)."""
         return self.isolation
@@ -131,7 +140,9 @@ class SandboxSettings:
             "uid_start": self.uid_start,
             "uid_count": self.uid_count,
             "uid_lock_dir": self.uid_lock_dir,
-            "pool": self.max_workers + self.warm + 1,
+            # sandbox uids claimed: nested calls run beside their callers, as deep as the
+            # ceiling lets them go (see runner/nested.py)
+            "pool": self.max_workers * (1 + self.nested_depth_cap) + self.warm + 1,
             "warm": self.warm,
             "warm_network": bool(self.ceiling.network if self.warm_network is None
                                  else self.warm_network),

@@ -174,9 +174,12 @@ def test_deep_result(sandbox, then_works):
     assert "nested deeper than 200 levels" in out.message
 
 
-def test_nested_call_is_not_available_yet(sandbox, then_works):
+def test_nested_calls_are_refused_by_the_default_ceiling(sandbox, then_works):
     out = sandbox.run("sample_actions:NestedCall")
-    assert out.exit_reason == "action_error" and "NotAvailable" in out.message
+    assert out.exit_reason == "action_error"
+    assert out.message == "nested action std.echo: refused: the action may make at most 0 " \
+                          "nested calls (nested_calls, default)"
+    assert out.error_type == "mistral_sandbox.api.exceptions.NestedActionError"
 
 
 def test_token_never_leaks_into_outcome_text(sandbox, then_works, caplog):

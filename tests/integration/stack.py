@@ -152,7 +152,7 @@ class MistralStack:
                 enabled = False
                 [action_heartbeat]
                 check_interval = %(hb)d
-                max_missed_heartbeats = 3
+                max_missed_heartbeats = 5
                 first_heartbeat_timeout = 30
                 """) % {"port": self.port, "dir": self.dir, "hb": heartbeat})
             f.write(topics.replace("[executor]\n", "[executor]\ntype = remote\n"))

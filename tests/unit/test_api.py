@@ -4,6 +4,8 @@ import warnings
 
 import pytest
 
+from mistral_sandbox.api import NestedActionError
+
 from mistral_sandbox.api import (Action, ActionContext, ExecutionContext, NoSecurityContext,
                                  NotAvailable, Result, SecurityContext, security, utils)
 from mistral_sandbox.api import base
@@ -89,18 +91,28 @@ def test_run_action_without_broker_is_not_available():
 
 
 def test_run_action_uses_installed_broker():
+    """(The runner's broker is exercised for real in tests/functional/test_nested.py;
+    this checks the API's side of the reply.)"""
     calls = []
 
-    def broker(name, params):
-        calls.append((name, params))
-        return Result(data=params["output"])
+    def broker(name, params, mode):
+        calls.append((name, params, mode))
+        if name == "refused":
+            return {"call_id": 1, "reason": "refused", "message": "not allowed"}
+        return {"call_id": 1, "data": params.get("output"), "error": None}
 
-    token = utils._broker.set(broker)
+    utils.install_broker(broker)
     try:
         assert utils.run_action("std.echo", output=7) == Result(7)
+        assert utils.get_action("std.echo", output=8).test(context=object()) == Result(8)
+        with pytest.raises(NestedActionError) as err:
+            utils.run_action("refused")
+        assert (err.value.reason, err.value.message) == ("refused", "not allowed")
+        assert str(err.value) == "nested action refused: refused: not allowed"
     finally:
-        utils._broker.reset(token)
-    assert calls == [("std.echo", {"output": 7})]
+        utils.install_broker(None)
+    assert calls == [("std.echo", {"output": 7}, "run"), ("std.echo", {"output": 8}, "test"),
+                     ("refused", {}, "run")]
 
 
 def test_action_defaults():
