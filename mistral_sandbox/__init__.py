@@ -2,7 +2,7 @@
 
 What users import::
 
-    from mistral_sandbox import Sandbox, Limits, Outcome, SandboxError, Overloaded
+    from mistral_sandbox import Sandbox, Limits, Outcome, SandboxError, Overloaded, SourceRef
 
 (Loaded on first use: an action that imports ``mistral_sandbox.api`` does not pull
 the runner in.) Action authors import :mod:`mistral_sandbox.api`.
@@ -18,6 +18,7 @@ _EXPORTS = {
     "Limits": "mistral_sandbox.runner.limits",
     "LimitError": "mistral_sandbox.runner.limits",
     "Outcome": "mistral_sandbox.runner.outcome",
+    "SourceRef": "mistral_sandbox.actions.catalog",
     "LimitsPolicy": "mistral_sandbox.runner.limits_policy",
     "PolicyFileError": "mistral_sandbox.runner.limits_policy",
 }

@@ -260,6 +260,7 @@ def run(quick: bool = False, soak: int = 0, isolation: Optional[dict] = None,
         if soak:
             report["memory"]["soak"] = _soak(sb, soak)
     _scaling(report, quick, isolation, warm, progress)
+    _nested_rows(report, n, isolation, progress)
     progress.end()
     lat = report["latency"]
     floor = lat["fork-floor"]["p50_ms"]
@@ -321,6 +322,42 @@ def _sandbox_rows(sb, report: Dict[str, Any], n: int, n_b2b: int, progress: Prog
                                           max(20, n // 3), "sandbox echo 1MB", progress))
     child_rss = [sb.run("std.noop").usage.max_rss for _ in range(20)]
     report["memory"]["child_max_rss_p50"] = sorted(child_rss)[10]
+
+
+NESTED_SOURCE = """
+from mistral_sandbox.api import Action, utils
+
+
+class Caller(Action):
+    def __init__(self, nested):
+        self.nested = nested
+
+    def run(self, context):
+        return utils.run_action("std.noop").data if self.nested else None
+"""
+
+
+def _nested_rows(report: Dict[str, Any], n: int, isolation, progress: Progress) -> None:
+    """The price of one brokered nested call: an action calling ``std.noop`` through
+    the runner against the same action without the call (interleaved blocks)."""
+    from mistral_sandbox import Sandbox
+    from mistral_sandbox.actions.catalog import SourceRef
+
+    ref = SourceRef(NESTED_SOURCE, "Caller", "bench_nested")
+    rows = {False: "action alone (tenant source)", True: "action + 1 nested noop"}
+    samples: Dict[bool, List[float]] = {False: [], True: []}
+    with Sandbox(max_workers=2, isolation=isolation,
+                 ceiling={"nested_calls": 1, "nested_depth": 1}) as sb:
+        for nested in (False, True):
+            _checked(sb.run(ref, {"nested": nested}))
+        for block in range(10):
+            for nested in ((False, True) if block % 2 == 0 else (True, False)):
+                samples[nested] += timed(lambda: _checked(sb.run(ref, {"nested": nested})),
+                                         max(5, n // 20), rows[nested], progress)
+    for nested, label in rows.items():
+        report["latency"][label] = stats(samples[nested])
+    report["nested_call_ms"] = (report["latency"][rows[True]]["p50_ms"]
+                                - report["latency"][rows[False]]["p50_ms"])
 
 
 def _throughput_rows(sb, report: Dict[str, Any], total: int, progress: Progress) -> None:
@@ -457,6 +494,9 @@ def format_table(report: Dict[str, Any]) -> str:
                      m["idle_supervisor_rss"] / 2 ** 20, m["idle_zygote_rss"] / 2 ** 20,
                      m["load_supervisor_plus_zygote_peak_rss"] / 2 ** 20,
                      m["child_max_rss_p50"] / 2 ** 20))
+    if "nested_call_ms" in report:
+        lines.append("one brokered nested call (std.noop) adds %.2f ms at p50"
+                     % report["nested_call_ms"])
     if "soak" in m:
         s = m["soak"]
         lines.append("soak: %d executions, supervisor+zygote RSS %.1f -> %.1f MiB (%+.1f%%), "

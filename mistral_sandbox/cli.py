@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import signal
 import sys
 from typing import Any, Dict, List, Optional
@@ -127,6 +128,34 @@ def check_reference(ref: str) -> None:
                          % exc) from None
 
 
+def run_reference(args):
+    """``run``'s action: REF (checked against the catalog), or ``--source FILE --class
+    NAME`` (a tenant-source action; the file is read here, compiled only in the child)."""
+    from mistral_sandbox.actions.catalog import SourceRef
+    if (args.ref is None) == (args.source is None):
+        raise UsageError("give either an action reference or --source FILE --class NAME")
+    if args.source is None:
+        if args.class_name or args.module:
+            raise UsageError("--class and --module go with --source")
+        check_reference(args.ref)
+        return args.ref
+    if not args.class_name:
+        raise UsageError("--source needs --class NAME: the action class the file defines")
+    try:
+        with open(args.source, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError("--source: cannot read %s: %s" % (
+            args.source, getattr(exc, "strerror", None) or exc)) from None
+    module = args.module or os.path.splitext(os.path.basename(args.source))[0]
+    ref = SourceRef(text, args.class_name, module)
+    try:
+        ref.resolve()
+    except ActionReferenceError as exc:
+        raise UsageError("--source: %s" % exc) from None
+    return ref
+
+
 def parse_context(text: Optional[str]) -> Optional[Dict[str, Any]]:
     """``--context-json``: a JSON object (or ``@FILE``: keep an auth token out of the
     command line, where every user of the host can read it) with ``security`` and
@@ -164,7 +193,7 @@ def load_settings(args, **overrides):
 def cmd_run(args) -> int:
     from mistral_sandbox import PolicyFileError, Sandbox, SandboxError
 
-    check_reference(args.ref)
+    ref = run_reference(args)
     params = parse_params(args.param or [], args.params_json)
     limits = parse_limits(args.limit or [])
     context = parse_context(args.context_json)
@@ -183,7 +212,7 @@ def cmd_run(args) -> int:
         sys.stderr.write("mistral-sandbox: %s\n" % exc)
         return EXIT_FAILED
     with sandbox:
-        outcome = sandbox.run(args.ref, params, context=context, limits=limits,
+        outcome = sandbox.run(ref, params, context=context, limits=limits,
                               mode="test" if args.dry_run else "run")
     if args.json:
         json.dump(outcome.to_dict(), sys.stdout, default=str)
@@ -414,8 +443,16 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_run_parsers(sub) -> None:
     """``run`` and ``limits``."""
     run = sub.add_parser("run", help="run one action in a sandboxed child")
-    run.add_argument("ref", help="entry-point name (std.echo, std.http@mistral) or "
-                                 "package.module:ClassName")
+    run.add_argument("ref", nargs="?",
+                     help="entry-point name (std.echo, std.http@mistral) or "
+                          "package.module:ClassName")
+    run.add_argument("--source", metavar="FILE",
+                     help="run an action defined in this Python file (tenant source: "
+                          "compiled only inside the sandboxed child)")
+    run.add_argument("--class", dest="class_name", metavar="NAME",
+                     help="with --source: the action class it defines")
+    run.add_argument("--module", metavar="NAME",
+                     help="with --source: its module name (default: the file's name)")
     run.add_argument("--param", "-p", action="append", metavar="NAME=VALUE",
                      help="action parameter; VALUE is parsed as JSON if it is JSON")
     run.add_argument("--params-json", metavar="JSON|@FILE", help="parameters as a JSON object")

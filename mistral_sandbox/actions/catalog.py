@@ -64,13 +64,42 @@ class ActionRef:
 
     name: str
     target: str
-    kind: str  # "entry_point" | "class_path"
+    kind: str  # "entry_point" | "class_path" | "source"
     namespace: Optional[str] = None
     distribution: Optional[str] = None
+    source: Optional[str] = None  # the text of a tenant-source action
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "target": self.target, "kind": self.kind,
-                "namespace": self.namespace, "distribution": self.distribution}
+        d = {"name": self.name, "target": self.target, "kind": self.kind,
+             "namespace": self.namespace, "distribution": self.distribution}
+        if self.source is not None:
+            d["source"] = self.source
+        return d
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceRef:
+    """A tenant-source action: Python ``source`` text defining ``class_name`` (dotted for
+    a nested class), run as module ``module_name``. The text is compiled and executed
+    only inside the sandboxed child, never where the reference is made or resolved.
+    Its name, for the policy and the logs, is ``module_name:class_name``."""
+
+    source: str
+    class_name: str
+    module_name: str = "tenant_action"
+
+    def resolve(self) -> ActionRef:
+        """The ActionRef a child loads it from; InvalidReference if malformed."""
+        if not isinstance(self.source, str):
+            raise InvalidReference("tenant source must be text, got %s"
+                                   % type(self.source).__name__)
+        target = "%s:%s" % (self.module_name, self.class_name)
+        if not isinstance(self.module_name, str) or not isinstance(self.class_name, str) \
+                or not CLASS_PATH_RE.match(target):
+            raise InvalidReference("malformed tenant source reference %r: expected a module "
+                                   "name like 'acme_report' and a class name like 'Report'"
+                                   % (target,))
+        return ActionRef(name=target, target=target, kind="source", source=self.source)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +177,8 @@ class Catalog:
         """
         if isinstance(ref, ActionRef):
             return ref
+        if isinstance(ref, SourceRef):
+            return ref.resolve()
         resolved = self._resolved.get(ref) if isinstance(ref, str) else None
         if resolved is None:
             resolved = self._resolve(ref)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import linecache
 import sys
+import types
 from typing import Any, Optional
 
 from mistral_sandbox.api import base as api_base
@@ -42,6 +44,60 @@ def import_target(target: str) -> Any:
         except AttributeError:
             raise LoadError("%r has no attribute %r (from %r)"
                             % (getattr(obj, "__name__", module_name), part, target)) from None
+    return obj
+
+
+def load_class(action_spec: dict, name: str) -> type:
+    """The action class a request names: imported (``target``), or defined by tenant
+    source text (``kind == "source"``). LoadError if it cannot be had."""
+    if action_spec.get("kind") == "source":
+        module, _, class_path = action_spec["target"].partition(":")
+        return check_action_class(load_source(action_spec["source"], module, class_path), name)
+    return check_action_class(import_target(action_spec["target"]), name)
+
+
+def load_source(source: str, module_name: str, class_path: str) -> Any:
+    """Compile and execute tenant ``source`` as module ``module_name`` (in this process:
+    only ever a sandboxed child) and return its ``class_path``. A LoadError gives the
+    line number and the offending line, or names the classes that do exist."""
+    filename = "<tenant source %s>" % module_name
+    try:
+        code = compile(source, filename, "exec", dont_inherit=True)
+    except (SyntaxError, ValueError) as exc:  # (ValueError: a NUL byte in the text)
+        where = ", line %s" % exc.lineno if getattr(exc, "lineno", None) else ""
+        line = (getattr(exc, "text", None) or "").strip()
+        raise LoadError("syntax error in tenant source %s%s: %s%s" % (
+            module_name, where, getattr(exc, "msg", None) or exc,
+            "\n    %s" % line if line else "")) from None
+    module = types.ModuleType(module_name)
+    module.__file__ = filename
+    lines = source.splitlines(True)
+    linecache.cache[filename] = (len(source), None, lines, filename)  # for tracebacks
+    if module_name not in sys.modules:  # (never shadow a module the runtime uses)
+        sys.modules[module_name] = module
+    try:
+        exec(code, module.__dict__)
+    except BaseException as exc:  # anything at all can come out of module code
+        lineno = None
+        tb = exc.__traceback__
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename == filename:
+                lineno = tb.tb_lineno
+            tb = tb.tb_next
+        line = lines[lineno - 1].strip() if lineno and lineno <= len(lines) else ""
+        raise LoadError("tenant source %s failed%s: %s: %s%s" % (
+            module_name, " at line %d" % lineno if lineno else "", type(exc).__name__, exc,
+            "\n    %s" % line if line else "")) from None
+    obj: Any = module
+    for part in class_path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            classes = sorted(k for k, v in vars(module).items()
+                             if inspect.isclass(v) and getattr(v, "__module__", None)
+                             == module_name)
+            raise LoadError("tenant source %s has no class %r (%s)" % (
+                module_name, class_path, "classes it defines: " + ", ".join(classes)
+                if classes else "it defines no classes"))
     return obj
 
 

@@ -221,7 +221,7 @@ def run_action(request: Dict[str, Any], channel: Any, unreadable_paths=()) -> Di
     name = action_spec.get("name") or action_spec.get("target")
     mode = request.get("mode", "run")
     try:
-        cls = loader.check_action_class(loader.import_target(action_spec["target"]), name)
+        cls = loader.load_class(action_spec, name)
         if mode == "describe":
             return {"type": "result", "id": channel.exec_id, "data": loader.describe(cls, name),
                     "sync": True}

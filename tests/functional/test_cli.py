@@ -211,3 +211,17 @@ def test_serve_without_mistral_says_what_to_install(tmp_path):
     assert p.returncode == 2
     assert p.stderr.startswith("mistral-sandbox: the executor service needs Mistral (pip "
                                "install 'mistral-sandbox[mistral]'): ")
+
+
+def test_the_readme_examples_run():
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(root, "README.md")) as f:
+        commands = [line.split() for line in f.read().splitlines()
+                    if line.strip().startswith("mistral-sandbox run --source examples/")]
+    assert len(commands) == 2
+    exe = shutil.which("mistral-sandbox", path=os.path.dirname(sys.executable))
+    for argv in commands:
+        p = subprocess.run([exe] + argv[1:], capture_output=True, text=True, timeout=60,
+                           cwd=root)
+        assert p.returncode == 0 and p.stdout.startswith("outcome: ok"), \
+            (argv, p.stdout, p.stderr)
