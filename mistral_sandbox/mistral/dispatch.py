@@ -13,12 +13,15 @@ import dataclasses
 import math
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from mistral_sandbox.actions.catalog import ActionRef, Catalog
+from mistral_sandbox.actions.catalog import ActionRef, Catalog, SourceRef
 from mistral_sandbox.api.context import ExecutionContext, SecurityContext
 from mistral_sandbox.mistral import runtime
 
 RUNTIME_TARGET = "mistral_sandbox.mistral.runtime:SerializedAction"
 KIND = "mistral_serialized"
+# (mistral_sandbox.mistral.provider.SandboxedAction: named here, not imported, so that
+# the service does not need mistral-lib to read it)
+SANDBOXED_ACTION = "mistral_sandbox.mistral.provider.SandboxedAction"
 _SECURITY_FIELDS = tuple(f.name for f in dataclasses.fields(SecurityContext))
 _EXECUTION_FIELDS = tuple(f.name for f in dataclasses.fields(ExecutionContext))
 # the limits a reason names, in the error text Mistral stores
@@ -45,11 +48,26 @@ class ActionNames:
         return self._names.get(target, target)
 
 
-def action_ref(names: ActionNames, action: Any) -> ActionRef:
-    """The reference the sandbox runs for the serialized ``action`` (ValueError if it is
-    not one): its name is what the policy matches."""
+def submission(names: ActionNames, action: Any) -> Tuple[Any, Dict[str, Any]]:
+    """``(reference, parameters)`` to submit for the serialized ``action`` (ValueError if
+    it is not one). Mostly the runtime that rebuilds it in the child; an action of the
+    sandbox action provider is run directly: its entry point, or its code source
+    (compiled in the child). The reference's name is what the policy matches."""
+    key, data = runtime.split_serialized(action)
+    if key == runtime.MISTRAL_LIB_ACTION and isinstance(data, dict) and \
+            data.get("cls") == SANDBOXED_ACTION:
+        fields = data.get("data") or {}
+        params = fields.get("params") or {}
+        if not isinstance(params, dict):
+            raise ValueError("the action's parameters are not a mapping")
+        if fields.get("source") is not None:
+            return SourceRef(fields["source"], str(fields.get("class_name")),
+                             str(fields.get("module_name") or "tenant_action")), params
+        if not isinstance(fields.get("ref"), str):
+            raise ValueError("a sandbox provider action without a reference")
+        return fields["ref"], params
     return ActionRef(name=names.name(runtime.action_class_path(action)), target=RUNTIME_TARGET,
-                     kind=KIND)
+                     kind=KIND), {"action": action}
 
 
 def context_of(rpc_ctx: Optional[Mapping[str, Any]], exec_ctx: Optional[Mapping[str, Any]]

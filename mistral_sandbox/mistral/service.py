@@ -168,7 +168,7 @@ class ExecutorEndpoint:
     def _run(self, rpc_ctx, action, action_ex_id, exec_ctx, timeout, started):
         from mistral_sandbox.runner.errors import Overloaded, SandboxError
         try:
-            ref = dispatch.action_ref(self.names, action)
+            ref, params = dispatch.submission(self.names, action)
         except (ValueError, KeyError, TypeError) as exc:
             return self._finish(rpc_ctx, action_ex_id, "?", self.result_cls(
                 error="load_error: cannot read the action Mistral sent: %s" % exc), True,
@@ -176,11 +176,11 @@ class ExecutorEndpoint:
         context = dispatch.context_of(rpc_ctx.to_dict() if rpc_ctx is not None else {},
                                       exec_ctx)
         try:
-            future = self.sandbox.submit(ref, {"action": action}, context,
+            future = self.sandbox.submit(ref, params, context,
                                          dispatch.timeout_limits(timeout))
         except (Overloaded, SandboxError) as exc:
             reason = "overloaded" if isinstance(exc, Overloaded) else "sandbox_error"
-            return self._finish(rpc_ctx, action_ex_id, ref.name, self.result_cls(
+            return self._finish(rpc_ctx, action_ex_id, _name(ref), self.result_cls(
                 error="%s: %s" % (reason, exc)), True, reason, started)
         outcome = future.result()
         if outcome.exit_reason == "cancelled" and self.stopping:
@@ -188,7 +188,7 @@ class ExecutorEndpoint:
         data, error, cancel = dispatch.result_fields(outcome)
         result = self.result_cls(data=data, error=error, cancel=cancel)
         sync = outcome.async_handle is None
-        return self._finish(rpc_ctx, action_ex_id, ref.name, result, sync,
+        return self._finish(rpc_ctx, action_ex_id, outcome.action or _name(ref), result, sync,
                             outcome.exit_reason, started)
 
     def _finish(self, rpc_ctx, action_ex_id, name, result, sync, reason, started):
@@ -280,6 +280,11 @@ class ExecutorService:
             LOG.info("last %gs: %s; running %d, queued %d, zygote %s", interval,
                      _counts(self.stats.take()) or "no executions", status["running"],
                      status["queued"], status["zygote"])
+
+
+def _name(ref) -> str:
+    return ref if isinstance(ref, str) else getattr(ref, "name", None) or \
+        "%s:%s" % (getattr(ref, "module_name", "?"), getattr(ref, "class_name", "?"))
 
 
 def _counts(counter) -> str:

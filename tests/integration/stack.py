@@ -39,6 +39,16 @@ TEST_ACTIONS = {
 }
 
 
+# actions only the sandbox action provider offers (Mistral never imports them)
+SANDBOX_ONLY_ACTIONS = {
+    "itest.sandboxed": "mistral_itest_sandboxed:Shout",
+}
+# what a tenant may do with code sources and dynamic actions (Mistral: admin only)
+MISTRAL_POLICY = "".join('"%s:%s": "@"\n' % (kind, op)
+                         for kind in ("code_sources", "dynamic_actions")
+                         for op in ("create", "delete", "get", "list", "publicize", "update"))
+
+
 class StackError(RuntimeError):
     pass
 
@@ -120,8 +130,11 @@ class MistralStack:
             f.write(textwrap.dedent(policy))
         self._write_site()
         self._write_conf(sandbox_options, heartbeat)
+        # (a module the sandbox-only actions leave a file in when they are imported)
+        self.markers = os.path.join(self.dir, "import-markers")
+        os.makedirs(self.markers)
         self.env = dict(os.environ, PYTHONPATH=os.pathsep.join([self.site, FIXTURES]),
-                        **(env or {}))
+                        ITEST_IMPORT_MARKERS=self.markers, **(env or {}))
 
     # ------------------------------------------------------------------ set-up
 
@@ -133,8 +146,12 @@ class MistralStack:
         with open(os.path.join(info, "entry_points.txt"), "w") as f:
             f.write("[mistral.actions]\n" + "".join(
                 "%s = %s\n" % item for item in sorted(TEST_ACTIONS.items())))
+            f.write("[mistral_sandbox.actions]\n" + "".join(
+                "%s = %s\n" % item for item in sorted(SANDBOX_ONLY_ACTIONS.items())))
 
     def _write_conf(self, sandbox_options, heartbeat):
+        with open(os.path.join(self.dir, "mistral-policy.yaml"), "w") as f:
+            f.write(MISTRAL_POLICY)
         topics = "".join("[%s]\ntopic = mistral_%s_%s\n" % (group, group, self.suffix)
                          for group in ("engine", "executor", "event_engine", "notifier"))
         with open(self.conf, "w") as f:
@@ -150,6 +167,10 @@ class MistralStack:
                 auth_enable = False
                 [cron_trigger]
                 enabled = False
+                [action_providers]
+                denylist = dynamic
+                [oslo_policy]
+                policy_file = %(dir)s/mistral-policy.yaml
                 [action_heartbeat]
                 check_interval = %(hb)d
                 max_missed_heartbeats = 5
@@ -172,6 +193,8 @@ class MistralStack:
 
     def _start(self, name, argv, ready_text, timeout=90):
         log = os.path.join(self.dir, "%s.log" % name)
+        if os.path.exists(log):  # (a restart: its readiness line must be new)
+            os.rename(log, "%s.%d" % (log, time.time_ns()))
         out = open(os.path.join(self.dir, "%s.out" % name), "w")
         proc = subprocess.Popen(argv + ["--log-file", log], env=self.env, stdout=out,
                                 stderr=subprocess.STDOUT, cwd=self.dir,

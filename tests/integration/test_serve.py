@@ -214,8 +214,8 @@ def test_scale_out_survives_a_killed_executor(stack):
 
 
 def test_sigterm_lets_running_actions_finish_then_fails_the_rest(stack):
-    """Last: stops the session's executor. Its running action outlives the grace period
-    and ends with an error result, not silently RUNNING."""
+    """Stops the session's executor (and starts it again): its running action outlives
+    the grace period and ends with an error result, not silently RUNNING."""
     ex_id = stack.start(one_task(stack, "wf_shutdown", "itest.sleep seconds=60"))
     wait_for(lambda: sleepers(), 30, "the sleeping action to start")
     assert stack.stop_process("serve") == 0
@@ -224,3 +224,4 @@ def test_sigterm_lets_running_actions_finish_then_fails_the_rest(stack):
     info = task_of(stack, ex_id)["state_info"]
     assert "the executor shut down before the action finished" in info, info
     assert not sleepers()
+    stack.start_executor("serve")  # (for whatever test comes next)

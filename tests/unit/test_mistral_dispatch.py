@@ -30,8 +30,10 @@ def test_names_come_from_the_catalog_else_the_class_path():
     assert names.name("mistral.actions.std_actions.EchoAction") == "std.echo"
     assert names.name("mistral_sandbox.actions.std.NoOpAction") == "std.noop"
     assert names.name("acme.actions.Report") == "acme.actions:Report"
-    ref = dispatch.action_ref(names, serialized("mistral.actions.std_actions.HTTPAction", {}))
-    assert (ref.name, ref.target) == ("std.http", dispatch.RUNTIME_TARGET)
+    text = serialized("mistral.actions.std_actions.HTTPAction", {})
+    ref, params = dispatch.submission(names, text)
+    assert (ref.name, ref.target, params) == ("std.http", dispatch.RUNTIME_TARGET,
+                                              {"action": text})
 
 
 def test_rebuild_sets_fields_without_init_and_uses_light_std_actions():
