@@ -65,8 +65,9 @@ def rebuild(text: Any) -> Any:
     if key == ADHOC_ACTION:
         return rebuild(data["base_action"])  # (the engine post-processes the result)
     if key == DYNAMIC_ACTION:
-        raise UnsupportedAction("dynamic actions (code sources) are not run by this executor: "
-                                "use the sandbox action provider")
+        raise UnsupportedAction("dynamic actions of Mistral's own `dynamic` provider are not "
+                                "run here (their code source would be exec()'d outside the "
+                                "sandbox): deny that provider and use the `sandbox` one")
     module = key.rpartition(".")[0]
     importlib.import_module(module)  # registers its serializer with mistral-lib
     from mistral_lib import serialization
