@@ -71,3 +71,54 @@ def test_every_failure_is_one_error_text_naming_reason_and_limit():
     assert dispatch.error_text(out) == "action_error: ValueError: boom [ValueError]"
     ok = Outcome("ok", result=Result(data=None, error={"e": 1}))
     assert dispatch.result_fields(ok) == (None, {"e": 1}, False)
+
+
+def test_provider_reads_parameters_from_the_syntax_tree_only():
+    from mistral_sandbox.mistral import provider
+    source = '''
+import this_module_does_not_exist   # never imported: only parsed
+from mistral_lib import actions
+
+
+class Base(actions.Action):
+    def __init__(self, url, retries=3, *, verify=True, **extra):
+        self.url = url
+
+
+class Child(Base):
+    """Fetches ``url``."""
+
+    def is_sync(self):
+        return False
+
+
+class Elsewhere(SomeImportedBase):
+    pass
+'''
+    assert provider.describe_source(source, "Base") == (
+        "url, retries=3, verify=true, **extra", "", True)
+    assert provider.describe_source(source, "Child") == (
+        "url, retries=3, verify=true, **extra", "Fetches ``url``.", False)
+    assert provider.describe_source(source, "Elsewhere")[0] == provider.UNKNOWN_PARAMS
+    assert provider.describe_source("def broken(:\n", "A")[0] == provider.UNKNOWN_PARAMS
+    assert "this_module_does_not_exist" not in __import__("sys").modules
+
+
+def test_a_provider_action_travels_as_data_and_only_serve_runs_it():
+    from mistral_lib import serialization
+    from mistral_lib.exceptions import ActionException
+
+    from mistral_sandbox.mistral import provider
+    action = provider.SandboxedAction("acme.report", {"month": 11}, source="X = 1\n",
+                                      class_name="Report", module_name="acme_report")
+    text = serialization.get_polymorphic_serializer().serialize(action)
+    ref, params = dispatch.submission(dispatch.ActionNames(Catalog()), text)
+    assert (ref.source, ref.class_name, ref.module_name, params) == (
+        "X = 1\n", "Report", "acme_report", {"month": 11})
+    by_name = provider.SandboxedAction("itest.x", {}, ref="itest.x@sandbox")
+    ref, params = dispatch.submission(dispatch.ActionNames(Catalog()),
+                                      serialization.get_polymorphic_serializer()
+                                      .serialize(by_name))
+    assert (ref, params) == ("itest.x@sandbox", {})
+    with pytest.raises(ActionException, match="runs only in `mistral-sandbox serve`"):
+        action.run(None)
