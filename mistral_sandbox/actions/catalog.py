@@ -35,6 +35,7 @@ NAMESPACE_ALIASES = {"sandbox": SANDBOX_NAMESPACE, "mistral": MISTRAL_NAMESPACE}
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 CLASS_PATH_RE = re.compile(r"^%s(\.%s)*:%s(\.%s)*$" % (_IDENT, _IDENT, _IDENT, _IDENT))
+SOURCE_PREFIX = "source:"  # (no entry-point name or class path can start so)
 EP_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
 
@@ -82,7 +83,9 @@ class SourceRef:
     """A tenant-source action: Python ``source`` text defining ``class_name`` (dotted for
     a nested class), run as module ``module_name``. The text is compiled and executed
     only inside the sandboxed child, never where the reference is made or resolved.
-    Its name, for the policy and the logs, is ``module_name:class_name``."""
+    Its name, for the policy and the logs, is ``source:module_name:class_name``: the
+    ``source:`` prefix keeps a tenant from naming its code after an installed action
+    (``acme.actions:Report``) to get that action's grants from the operator's policy."""
 
     source: str
     class_name: str
@@ -99,7 +102,8 @@ class SourceRef:
             raise InvalidReference("malformed tenant source reference %r: expected a module "
                                    "name like 'acme_report' and a class name like 'Report'"
                                    % (target,))
-        return ActionRef(name=target, target=target, kind="source", source=self.source)
+        return ActionRef(name=SOURCE_PREFIX + target, target=target, kind="source",
+                         source=self.source)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,7 +36,10 @@ def sb(sandbox, clean):
 def test_a_tenant_source_action_runs_and_describes(sb):
     out = sb.run(SourceRef(GREETER, "Greet", "acme_greet"), {"name": "Ada"})
     assert out.ok and out.result.data == "hello Ada"
-    assert out.action == "acme_greet:Greet"
+    assert out.action == "source:acme_greet:Greet"
+    # a tenant cannot pass its code off as an installed action in the operator's policy
+    installed_name = sb.run(SourceRef(GREETER, "Greet", "sample_actions"), {"name": "x"})
+    assert installed_name.action == "source:sample_actions:Greet"
     info = sb.run(SourceRef(GREETER, "Greet", "acme_greet"), mode="describe").result.data
     assert [p["name"] for p in info["parameters"]] == ["name"]
     assert info["doc"] == "Greets somebody."
@@ -80,8 +83,8 @@ class WhereAmI(Action):
      "tenant source mod failed at line 2: ZeroDivisionError: division by zero\n    Y = 1 / 0"),
     (GREETER, "Gret", "tenant source mod has no class 'Gret' (classes it defines: Greet)"),
     ("X = 1\n", "Greet", "tenant source mod has no class 'Greet' (it defines no classes)"),
-    (GREETER, "GREETING", "mod:GREETING is not an action class: it is a str; an action is a "
-                          "class with a run() method"),
+    (GREETER, "GREETING", "source:mod:GREETING is not an action class: it is a str; an action "
+                          "is a class with a run() method"),
 ])
 def test_a_broken_source_is_a_load_error_that_says_where(sb, source, class_name, message):
     out = sb.run(SourceRef(source, class_name, "mod"), {"name": "x"})
@@ -102,7 +105,7 @@ def test_the_cli_runs_a_source_file(tmp_path, no_leaks):
     p = subprocess.run([exe, "run", "--source", str(path), "--class", "Greet", "-p",
                         "name=Bob", "--json"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
-    assert '"data": "hello Bob"' in p.stdout and '"action": "acme_greet:Greet"' in p.stdout
+    assert '"data": "hello Bob"' in p.stdout and '"action": "source:acme_greet:Greet"' in p.stdout
     p = subprocess.run([exe, "run", "std.echo", "--source", str(path)], capture_output=True,
                        text=True, timeout=60)
     assert p.returncode == 2

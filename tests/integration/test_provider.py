@@ -68,7 +68,7 @@ def test_a_tenant_code_source_runs_only_in_the_sandbox(stack, tmp_path):
     assert ex["output"]["out"] == "Hello Ada!"
     assert not os.path.exists(marker)
     no_import_markers(stack)
-    assert "action tenant_greet:Greet [action_ex_id=" in stack.log("serve")
+    assert "action source:tenant_greet:Greet [action_ex_id=" in stack.log("serve")
 
     # an update takes effect for the next execution, without restarting anything
     stack.request("PUT", "/code_sources?identifier=tenant_greet", GREET_SOURCE % {
