@@ -48,7 +48,23 @@ class ActionNames:
         return self._names.get(target, target)
 
 
-def submission(names: ActionNames, action: Any) -> Tuple[Any, Dict[str, Any]]:
+# the parts of Mistral's configuration its own actions read in the child
+MISTRAL_ACTION_CONF_GROUPS = ("action_std_http",)
+
+
+def mistral_action_conf(conf: Any) -> Dict[str, Dict[str, Any]]:
+    """``group -> option -> value`` of :data:`MISTRAL_ACTION_CONF_GROUPS` in Mistral's
+    parsed configuration (groups it does not have are left out)."""
+    out: Dict[str, Dict[str, Any]] = {}
+    for group in MISTRAL_ACTION_CONF_GROUPS:
+        values = getattr(conf, group, None)
+        if values is not None:
+            out[group] = {name: values[name] for name in values}
+    return out
+
+
+def submission(names: ActionNames, action: Any, conf: Optional[Dict[str, Any]] = None
+               ) -> Tuple[Any, Dict[str, Any]]:
     """``(reference, parameters)`` to submit for the serialized ``action`` (ValueError if
     it is not one). Mostly the runtime that rebuilds it in the child; an action of the
     sandbox action provider is run directly: its entry point, or its code source
@@ -66,8 +82,11 @@ def submission(names: ActionNames, action: Any) -> Tuple[Any, Dict[str, Any]]:
         if not isinstance(fields.get("ref"), str):
             raise ValueError("a sandbox provider action without a reference")
         return fields["ref"], params
+    params = {"action": action}
+    if conf:
+        params["conf"] = conf
     return ActionRef(name=names.name(runtime.action_class_path(action)), target=RUNTIME_TARGET,
-                     kind=KIND), {"action": action}
+                     kind=KIND), params
 
 
 def context_of(rpc_ctx: Optional[Mapping[str, Any]], exec_ctx: Optional[Mapping[str, Any]]

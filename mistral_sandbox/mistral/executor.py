@@ -54,6 +54,8 @@ class SandboxExecutor:
             process_sandbox(), dispatch.ActionNames(default_catalog()),
             m_clients.get_engine_client(), _NoHeartbeats(), service.Stats(), ml_types.Result,
             m_context.set_ctx)
+        from oslo_config import cfg
+        self._endpoint.action_conf = dispatch.mistral_action_conf(cfg.CONF)
 
     def run_action(self, action: Any, action_ex_id: Optional[str], safe_rerun: bool,
                    exec_ctx: Optional[dict], redelivered: bool = False, target=None,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import importlib
 import json
-from typing import Any
+from typing import Any, Dict, Optional
 
 from mistral_sandbox.api import base as api_base
 
@@ -140,16 +140,34 @@ LIGHT_EQUIVALENTS = {
 }
 
 
+def apply_mistral_conf(conf: Dict[str, Dict[str, Any]]) -> None:
+    """Give Mistral's own actions the operator's settings (``group -> option -> value``,
+    from the service's configuration): the child has not read Mistral's configuration
+    file, and e.g. std.http's egress policy (``[action_std_http] denied_cidrs``,
+    ``allowed_hosts``) must be the operator's, not the defaults."""
+    import mistral.config  # noqa: F401 (registers the options)
+    from oslo_config import cfg
+    for group, values in conf.items():
+        for name, value in values.items():
+            try:
+                cfg.CONF.set_override(name, value, group=group)
+            except (cfg.NoSuchOptError, cfg.NoSuchGroupError):
+                pass
+
+
 class SerializedAction(api_base.Action):
-    """Runs the action Mistral serialized in ``action`` (the serialized text).
+    """Runs the action Mistral serialized in ``action`` (the serialized text); ``conf``:
+    operator settings of Mistral's own actions (:func:`apply_mistral_conf`).
 
     ``is_sync`` and ``run`` are the rebuilt action's; the context it gets is the one it
     expects (mistral-lib's for mistral-lib actions).
     """
 
-    def __init__(self, action: str):
+    def __init__(self, action: str, conf: Optional[Dict[str, Dict[str, Any]]] = None):
         try:
             self._action = rebuild(action)
+            if conf and type(self._action).__module__.startswith("mistral."):
+                apply_mistral_conf(conf)
         except BaseException as exc:  # its module's code ran: anything can come out
             from mistral_sandbox.actions.loader import LoadError
             try:

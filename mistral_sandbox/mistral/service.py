@@ -141,6 +141,7 @@ class ExecutorEndpoint:
         self._inflight: set = set()
         self._lock = threading.Lock()
         self.stopping = False
+        self.action_conf: dict = {}  # (operator settings of Mistral's own actions)
 
     def run_action(self, rpc_ctx, action, action_ex_id, safe_rerun, exec_ctx, timeout):
         """Run ``action`` (serialized) in the sandbox; report and return its Result."""
@@ -168,7 +169,7 @@ class ExecutorEndpoint:
     def _run(self, rpc_ctx, action, action_ex_id, exec_ctx, timeout, started):
         from mistral_sandbox.runner.errors import Overloaded, SandboxError
         try:
-            ref, params = dispatch.submission(self.names, action)
+            ref, params = dispatch.submission(self.names, action, self.action_conf)
         except (ValueError, KeyError, TypeError) as exc:
             return self._finish(rpc_ctx, action_ex_id, "?", self.result_cls(
                 error="load_error: cannot read the action Mistral sent: %s" % exc), True,
@@ -234,6 +235,7 @@ class ExecutorService:
             self.endpoint = ExecutorEndpoint(self.sandbox, dispatch.ActionNames(default_catalog()),
                                              engine, self.heartbeats, self.stats,
                                              ml_types.Result, m_context.set_ctx)
+            self.endpoint.action_conf = dispatch.mistral_action_conf(conf)
             target = messaging.Target(topic=conf.executor.topic, server=conf.executor.host)
             self.server = messaging.get_rpc_server(
                 m_rpc.get_transport(), target, [self.endpoint], executor="threading",
