@@ -327,6 +327,8 @@ def cmd_serve(args) -> int:
         return service.serve(args.config_file or [], args.log_file, args.preload)
     except service.MissingMistral as exc:
         raise UsageError(str(exc)) from None
+    except ValueError as exc:  # the configuration, its [sandbox] options, the policy
+        raise UsageError("configuration: %s" % exc) from None
 
 
 def cmd_check(args) -> int:

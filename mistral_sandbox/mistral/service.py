@@ -25,6 +25,7 @@ import logging
 import signal
 import threading
 import time
+import warnings
 from typing import List, Optional
 
 from mistral_sandbox.mistral import dispatch
@@ -40,11 +41,13 @@ class MissingMistral(RuntimeError):
 def _mistral():
     """Mistral's modules the service uses (RPC, contexts, configuration)."""
     try:
-        from mistral import config as m_config  # noqa: F401 (registers Mistral's options)
-        from mistral import context as m_context
-        from mistral.rpc import base as m_rpc
-        from mistral.rpc import clients as m_clients
-        from mistral_lib.actions import types as ml_types
+        with warnings.catch_warnings():  # (Mistral's imports warn about eventlet, unused)
+            warnings.simplefilter("ignore")
+            from mistral import config as m_config  # noqa: F401 (registers its options)
+            from mistral import context as m_context
+            from mistral.rpc import base as m_rpc
+            from mistral.rpc import clients as m_clients
+            from mistral_lib.actions import types as ml_types
     except ImportError as exc:
         raise MissingMistral("the executor service needs Mistral (pip install "
                              "'mistral-sandbox[mistral]'): %s" % exc) from None
@@ -309,7 +312,10 @@ def serve(config_files: List[str], log_file: Optional[str] = None,
         args += ["--config-file", path]
     if log_file:
         args += ["--log-file", log_file]
-    m_config.parse_args(args)
+    try:
+        m_config.parse_args(args)
+    except cfg.Error as exc:  # (a missing or malformed file, a bad command-line value)
+        raise ValueError(str(exc)) from None
     oslo_log.setup(conf, "mistral-sandbox")
     extra = [m for m in SERVE_PRELOAD + tuple(preload or ()) if m not in conf.sandbox.preload]
     settings = sb_config.settings_from(conf, preload=tuple(conf.sandbox.preload) + tuple(extra))

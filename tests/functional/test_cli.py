@@ -225,3 +225,19 @@ def test_the_readme_examples_run():
                            cwd=root)
         assert p.returncode == 0 and p.stdout.startswith("outcome: ok"), \
             (argv, p.stdout, p.stderr)
+
+
+def test_serve_names_a_bad_configuration(tmp_path):
+    exe = shutil.which("mistral-sandbox", path=os.path.dirname(sys.executable))
+    p = subprocess.run([exe, "serve", "--config-file", str(tmp_path / "missing.conf")],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2
+    assert p.stderr == "mistral-sandbox: configuration: Failed to find some config files: " \
+                       "%s\n" % (tmp_path / "missing.conf")
+    conf = tmp_path / "bad.conf"
+    conf.write_text("[sandbox]\nmemory_locked = lots\n")
+    p = subprocess.run([exe, "serve", "--config-file", str(conf)], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 2
+    assert p.stderr == "mistral-sandbox: configuration: [sandbox] memory_locked: expected a " \
+                       "size like 256MiB, 512K or 1GB, got 'lots'\n"
