@@ -86,8 +86,8 @@ def load_source(source: str, module_name: str, class_path: str) -> Any:
             tb = tb.tb_next
         line = lines[lineno - 1].strip() if lineno and lineno <= len(lines) else ""
         raise LoadError("tenant source %s failed%s: %s: %s%s" % (
-            module_name, " at line %d" % lineno if lineno else "", type(exc).__name__, exc,
-            "\n    %s" % line if line else "")) from None
+            module_name, " at line %d" % lineno if lineno else "", type(exc).__name__,
+            _text(exc), "\n    %s" % line if line else "")) from None
     obj: Any = module
     for part in class_path.split("."):
         obj = getattr(obj, part, None)
@@ -99,6 +99,14 @@ def load_source(source: str, module_name: str, class_path: str) -> Any:
                 module_name, class_path, "classes it defines: " + ", ".join(classes)
                 if classes else "it defines no classes"))
     return obj
+
+
+def _text(exc: BaseException) -> str:
+    """``str(exc)``, which tenant code may have made raise."""
+    try:
+        return str(exc)
+    except BaseException:
+        return "<the exception's text could not be rendered>"
 
 
 def check_action_class(obj: Any, name: str) -> type:

@@ -152,8 +152,9 @@ class Engine:
     def _dispatch(self) -> None:
         self._cold_wait_until = None
         intake, pool = self.intake, self.pool
-        while len(intake) and len(self.running) < self.settings.max_workers and \
-                self.link.ready:
+        # nested executions run in their callers' places, not in a worker's
+        busy = sum(1 for ex in self.running.values() if ex.parent is None)
+        while len(intake) and busy < self.settings.max_workers and self.link.ready:
             ex = intake.pop()
             if ex is None:
                 break
@@ -170,6 +171,7 @@ class Engine:
                 self.resolve(ex, None)
                 continue
             self._start(ex, network)
+            busy += 1
         self._tell_taken()
 
     def _waits_for_warm(self, ex: Execution, network: bool) -> bool:

@@ -24,7 +24,11 @@ from mistral_sandbox.runner import protocol
 from mistral_sandbox.runner.child_io import TAIL_BYTES, ChildIO
 
 LOG = logging.getLogger(__name__)
-ACTION_LOGGER = "mistral_sandbox.action"  # + "." + the action's name
+# Tenant log records go to one logger, the action named in the message: a logger per
+# action name would be kept forever, one more per dotted prefix of a name a tenant chose
+ACTION_LOGGER = "mistral_sandbox.action"
+ACTION_NAME_SHOWN = 200  # characters of the action's name in a host log line
+_ACTION_LOG = logging.getLogger(ACTION_LOGGER)
 HOST_LOG_LEVEL = logging.WARNING  # the highest level a tenant's record gets on the host
 # Reads per readiness event: a child that writes without pause must not keep the I/O
 # thread from its deadlines and the other executions (the selector reports it again).
@@ -285,6 +289,8 @@ class Execution:
         if level > HOST_LOG_LEVEL:
             self.logs_capped += 1
             level = HOST_LOG_LEVEL
-        logger = logging.getLogger("%s.%s" % (ACTION_LOGGER, self.ref.name))
+        logger = _ACTION_LOG
         if logger.isEnabledFor(level):
-            logger.log(level, "[#%d] %s", self.id, text.translate(_ESCAPES))
+            logger.log(level, "[#%d %s] %s", self.id,
+                       self.ref.name[:ACTION_NAME_SHOWN].translate(_ESCAPES),
+                       text.translate(_ESCAPES))

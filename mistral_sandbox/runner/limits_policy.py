@@ -44,6 +44,7 @@ from mistral_sandbox.runner.limits import (ALIASES, BOOL_FIELDS, FIELD_NAMES, Li
                                            Limits)
 
 SECTIONS = ("tenants", "actions")
+SOURCE_PREFIX = "source:"  # (catalog.SOURCE_PREFIX: the names of tenant-source actions)
 ENTRY_KEYS = tuple(sorted(set(FIELD_NAMES) | set(ALIASES) | {"nested"}))
 ANY = "*"
 RESOLVED_CACHE_SIZE = 4096  # (project, action) pairs kept resolved; project ids are unbounded
@@ -168,7 +169,12 @@ class LimitsPolicy:
 
     def _resolve(self, project: Optional[str], name: str) -> Resolved:
         tenant_keys = [k for k in (project, ANY) if k is not None and k in self.tenants]
-        action_keys = [p for p in self._patterns if p == name or fnmatch.fnmatchcase(name, p)]
+        # a tenant-source action (its name chosen by the tenant) matches only "*" and
+        # patterns written for tenant source: never a glob meant for installed actions
+        tenant_named = name.startswith(SOURCE_PREFIX)
+        action_keys = [p for p in self._patterns
+                       if (not tenant_named or p == ANY or p.startswith(SOURCE_PREFIX))
+                       and (p == name or fnmatch.fnmatchcase(name, p))]
         values: Dict[str, Any] = {}
         sources: Dict[str, str] = {}
         for field in FIELD_NAMES + ("nested",):

@@ -8,19 +8,22 @@ when it was refused or ended without a result.
 
 Decisions:
 
-* A call is refused (``reason: refused``) when the caller has made ``nested_calls``
-  calls already, when its ``nested_depth`` is used up, when the operator's policy does
-  not let the action be called nested (``nested: false``), or when no wall time is
-  left. The caller gets the refusal as an exception it can catch.
+* A call is refused (``reason: refused``) when the caller, or the whole execution
+  (the top-level one and every nested one under it), has made ``nested_calls`` calls
+  already (refused calls count too), when its ``nested_depth`` is used up, when the
+  operator's policy does not let the action be called nested (``nested: false``), or
+  when no wall time is left. A class path an entry point names is judged under that
+  name. The caller gets the refusal as an exception it can catch.
 * The nested execution gets the caller's security context and execution context, a new
   action execution id, and the caller's in ``parent_action_execution_id``. Its limits
   are its own policy's, tightened by the caller's (sizes, CPU, processes), by the wall
   time the caller has left, and by ``nested_depth - 1`` and the caller's remaining
   ``nested_calls``; ``network`` is the nested action's own (the policy decides which
   actions may be called nested).
-* No deadlock: a nested execution does not wait for a worker. Its caller is blocked
-  waiting for it, so it runs in its caller's place, outside ``max_workers``; the
-  children that can exist at once stay bounded by ``max_workers`` times the depth.
+* No deadlock: a nested execution does not wait for a worker, nor takes one. Its caller
+  is blocked waiting for it, so it runs in its caller's place, outside ``max_workers``
+  (a neighbour's queued execution does not wait for it); the children that can exist
+  at once stay bounded by ``max_workers`` times the depth.
 * The caller's wall clock runs while it waits; when the caller ends (timeout, kill,
   cancel), its nested execution is killed.
 """
@@ -40,6 +43,7 @@ from mistral_sandbox.runner.outcome import Outcome
 
 MAX_DEPTH = 8  # when nested_depth is unlimited: how deep calls may go nevertheless
 MIN_WALL_TIME = 0.05  # seconds a nested call needs at least
+MAX_NAME = 256  # characters of an action name a call may give
 _CARRIED = tuple(f for f in FIELD_NAMES
                  if f not in BOOL_FIELDS + ("wall_time", "nested_calls", "nested_depth"))
 
@@ -56,6 +60,18 @@ class Broker:
                  next_id: Callable[[], int]):
         self.catalog, self.policy, self.max_frame, self.next_id = \
             catalog, policy, max_frame, next_id
+        self._entry_names: Dict[str, str] = {}  # class path target -> entry-point name
+
+    def _entry_point_ref(self, ref):
+        """A class path that an entry point names is judged under that name (a policy
+        that denies ``std.sleep`` must not be bypassed with its class path)."""
+        if ref.kind != "class_path":
+            return ref
+        if not self._entry_names:
+            for entry in reversed(self.catalog.entries()):
+                self._entry_names[entry.target] = entry.name
+        name = self._entry_names.get(ref.target)
+        return self.catalog.resolve(name) if name else ref
 
     def prepare(self, caller: Execution, call: Dict[str, Any], now: float
                 ) -> Union[Execution, Outcome, Refusal]:
@@ -63,12 +79,23 @@ class Broker:
         reference or parameters, or a Refusal."""
         limits, sources = caller.limits, caller.limit_sources
         name, mode = call["action"], call.get("mode") or "run"
+        root = caller
+        while root.parent is not None:
+            root = root.parent
+        for who, budget in ((root, root.limits.nested_calls), (caller, limits.nested_calls)):
+            if budget is not None and who.calls_made >= budget:
+                return Refusal("%s may make at most %d nested call%s (nested_calls, %s)" % (
+                    "the whole execution" if who is not caller else "the action", budget,
+                    "" if budget == 1 else "s", (who.limit_sources or {}).get(
+                        "nested_calls", "?")))
+        # every call counts, refused or not: a refusal costs the runner work too
+        caller.calls_made += 1
+        if root is not caller:
+            root.calls_made += 1
         if mode not in ("run", "test"):
-            return Refusal("mode must be run or test, got %r" % mode)
-        if limits.nested_calls is not None and caller.calls_made >= limits.nested_calls:
-            return Refusal("the action may make at most %d nested call%s (nested_calls, %s)"
-                           % (limits.nested_calls, "" if limits.nested_calls == 1 else "s",
-                              sources.get("nested_calls", "?")))
+            return Refusal("mode must be run or test, got %r" % mode[:20])
+        if len(name) > MAX_NAME:
+            return Refusal("action name of %d characters (at most %d)" % (len(name), MAX_NAME))
         depth_left = MAX_DEPTH - caller.depth if limits.nested_depth is None \
             else min(limits.nested_depth, MAX_DEPTH - caller.depth)
         if depth_left <= 0:
@@ -76,7 +103,7 @@ class Broker:
                            % (limits.nested_depth, sources.get("nested_depth", "?"),
                               caller.depth))
         try:
-            ref = self.catalog.resolve(name)
+            ref = self._entry_point_ref(self.catalog.resolve(name))
         except catalog_mod.ActionReferenceError as exc:
             return Refusal(str(exc))
         context = caller.context or {"security": {}, "execution": {}}
@@ -89,11 +116,12 @@ class Broker:
         left = None if limits.wall_time is None else limits.wall_time - (now - caller.started)
         if left is not None and left < MIN_WALL_TIME:
             return Refusal("the caller has no wall time left for a nested call")
-        caller.calls_made += 1
+        left_calls = [budget - who.calls_made for who, budget in (
+            (caller, limits.nested_calls), (root, root.limits.nested_calls))
+            if budget is not None]
         request_limits = Limits(
             wall_time=left, nested_depth=depth_left - 1,
-            nested_calls=None if limits.nested_calls is None
-            else limits.nested_calls - caller.calls_made,
+            nested_calls=min(left_calls) if left_calls else None,
             **{f: getattr(limits, f) for f in _CARRIED})
         ctx = {"security": dict(context["security"]),
                "execution": dict(context["execution"], action_execution_id=None,

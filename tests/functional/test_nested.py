@@ -113,4 +113,47 @@ def test_a_killed_caller_takes_its_nested_action_with_it():
         assert sb.cancel(future)
         assert future.result(timeout=30).exit_reason == "cancelled"
         assert wait_gone(list(pids.values())) == []
-        assert sb.running_pids() == {}
+        assert wait_for_value(sb.running_pids, 10) == {}
+
+
+def test_nested_executions_do_not_take_a_neighbours_worker():
+    with sandbox(ceiling=NESTED) as sb:
+        sb2 = sb
+        caller = sb2.submit(N + "Reuses", {"name": "std.sleep", "params": {"seconds": 3}})
+        assert not wait_for_value(lambda: len(sb2.started_pids()) < 2, 30)
+        # two workers: the caller holds one, its nested action none
+        neighbour = sb2.run("std.echo", {"output": "next"})
+        assert neighbour.ok and not caller.done()
+        assert caller.result(timeout=60).ok
+
+
+def test_refused_calls_count_and_names_are_bounded():
+    with sandbox(ceiling={"nested_calls": 3, "nested_depth": 2}) as sb:
+        out = sb.run(N + "Reuses", {"name": "std.nope", "times": 5})
+        long_name = sb.run(N + "Reuses", {"name": "x" * 300})
+    reasons = [c["message"] for c in out.result.data]
+    assert all("unknown action" in m for m in reasons[:3])
+    assert reasons[3:] == ["the action may make at most 3 nested calls (nested_calls, "
+                           "ceiling)"] * 2
+    assert long_name.result.data["message"] == "action name of 300 characters (at most 256)"
+
+
+def test_the_budget_is_for_the_whole_execution():
+    with sandbox(ceiling={"nested_calls": 2, "nested_depth": 8}) as sb:
+        out = sb.run(N + "CallsItself", {"depth": 6})
+    assert out.ok, out
+    assert out.result.data["reached"] == 4  # the caller, then two nested levels
+    assert out.result.data["stopped"] == \
+        "the whole execution may make at most 2 nested calls (nested_calls, ceiling)"
+
+
+def test_a_class_path_is_judged_under_its_entry_point_name(tmp_path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("actions:\n  std.sleep: {nested: false}\n")
+    with sandbox(policy_file=str(policy)) as sb:
+        out = sb.run(N + "Reuses", {"name": "mistral_sandbox.actions.std:SleepAction",
+                                    "params": {"seconds": 0}})
+    assert out.result.data == {
+        "reason": "refused",
+        "message": "the operator's policy does not let std.sleep be called nested "
+                   "(action std.sleep)"}

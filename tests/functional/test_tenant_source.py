@@ -92,6 +92,34 @@ def test_a_broken_source_is_a_load_error_that_says_where(sb, source, class_name,
     assert out.message == message
 
 
+def test_a_tenant_chosen_name_gains_nothing(sb, tmp_path):
+    """Dotted class paths cost the runner no logger each; globs for installed actions
+    do not match tenant source; an exception whose text cannot be rendered is still
+    the tenant's load_error."""
+    import logging
+    from mistral_sandbox import Sandbox
+    source = ("import logging\nfrom mistral_sandbox.api import Action\n"
+              "class A(Action):\n    def run(self, context):\n"
+              "        logging.getLogger('t').warning('hi')\n        return 1\n"
+              "A.A = A\nA.http = A\n")
+    before = set(logging.Logger.manager.loggerDict)
+    out = sb.run(SourceRef(source, ".".join(["A"] * 200), "deep"))
+    assert out.ok, out
+    assert set(logging.Logger.manager.loggerDict) - before == set()
+    policy = tmp_path / "policy.yaml"
+    policy.write_text('actions:\n  "*": {network: false}\n  "*.http": {network: true}\n')
+    with Sandbox(max_workers=1, warm=0, ceiling={"network": True},
+                 policy_file=str(policy)) as s2:
+        granted = s2.run(SourceRef(source, "A.http", "t"))
+    assert granted.limits["network"] is False and granted.limit_sources["network"] == \
+        "action *"
+    broken = sb.run(SourceRef("class E(Exception):\n    def __str__(self):\n"
+                              "        raise RuntimeError('no')\nraise E()\n", "A", "m"))
+    assert broken.exit_reason == "load_error"
+    assert broken.message == "tenant source m failed at line 4: E: <the exception's text " \
+                             "could not be rendered>\n    raise E()"
+
+
 def test_a_malformed_reference_is_a_load_error(sb):
     out = sb.run(SourceRef(GREETER, "Greet", "not a module"))
     assert out.exit_reason == "load_error"

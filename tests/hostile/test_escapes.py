@@ -152,7 +152,8 @@ def test_memlock_is_small_and_tenant_log_levels_are_capped(sandbox, then_works, 
     records = [r for r in caplog.records if "tenant record at CRITICAL" in r.getMessage()]
     assert len(records) == 1
     assert records[0].levelno == logging.WARNING
-    assert records[0].name == "mistral_sandbox.action.escape_actions:ReportsLimits"
+    assert records[0].name == "mistral_sandbox.action"
+    assert "escape_actions:ReportsLimits] tenant record at CRITICAL" in records[0].getMessage()
     assert [e["level"] for e in out.logs if "tenant record" in e["msg"]] == [logging.CRITICAL]
     assert "1 log record above WARNING logged at WARNING on the host" in out.notes
 
