@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import warnings
 from typing import Any, Dict, Optional
 
 from mistral_sandbox.api import base as api_base
@@ -132,11 +133,77 @@ class _Fail:
     test = run
 
 
+class _HTTP:
+    """Mistral 23.0.0's ``std.http`` (``HTTPAction.run``), without importing
+    ``std_actions`` (whose imports take Mistral's database layer): Mistral's own egress
+    policy (``mistral.utils.egress``, with the operator's settings), ``requests``, the
+    same result. One difference: ``history`` lists the redirects as plain data
+    (``status``, ``url``, ``headers``) instead of response objects, which cannot be
+    sent."""
+
+    url: Any = None
+    method = "GET"
+    params = body = json = headers = cookies = auth = timeout = None
+    allow_redirects = proxies = verify = None
+
+    def run(self, context):
+        from urllib import parse
+
+        with warnings.catch_warnings():  # (Mistral's imports warn about their own imports)
+            warnings.simplefilter("ignore")
+            import mistral.config  # noqa: F401 (registers [action_std_http])
+            import requests
+            from mistral.utils import egress
+        from oslo_config import cfg
+
+        from mistral_sandbox.api.exceptions import ActionException
+        from mistral_sandbox.api.types import Result
+        conf = cfg.CONF.action_std_http
+        egress.validate_url(self.url)
+        auth = tuple(self.auth) if isinstance(self.auth, list) else self.auth
+        try:
+            verify = self.verify if parse.urlsplit(self.url).scheme == "https" else None
+            resp = requests.request(
+                self.method, self.url, params=self.params, data=self.body, json=self.json,
+                headers=self.headers, cookies=self.cookies, auth=auth,
+                timeout=conf.default_timeout if self.timeout is None else self.timeout,
+                allow_redirects=self.allow_redirects, proxies=self.proxies, verify=verify)
+        except Exception as e:
+            raise ActionException("Failed to send HTTP request: %s" % e)
+        length = resp.headers.get("Content-Length")
+        if conf.max_response_size_bytes and length and \
+                int(length) > conf.max_response_size_bytes:
+            resp.close()
+            raise ActionException("HTTP response is too large (Content-Length=%s, limit=%s "
+                                  "bytes)." % (length, conf.max_response_size_bytes))
+        try:
+            content = resp.json()
+        except Exception:
+            content = resp.content
+            if content and resp.encoding not in (None, "utf-8"):
+                content = content.decode(resp.encoding).encode("utf-8")
+        result = {
+            "content": content, "status": resp.status_code,
+            "headers": dict(resp.headers.items()), "url": resp.url,
+            "history": [{"status": r.status_code, "url": r.url,
+                         "headers": dict(r.headers.items())} for r in resp.history],
+            "encoding": resp.encoding, "reason": resp.reason,
+            "cookies": dict(resp.cookies.items()),
+            "elapsed": resp.elapsed.total_seconds()}
+        if resp.status_code not in range(200, 307):
+            return Result(error=result)
+        return result
+
+    def test(self, context):
+        return None
+
+
 LIGHT_EQUIVALENTS = {
     "mistral.actions.std_actions.EchoAction": _Echo,
     "mistral.actions.std_actions.NoOpAction": _NoOp,
     "mistral.actions.std_actions.AsyncNoOpAction": _AsyncNoOp,
     "mistral.actions.std_actions.FailAction": _Fail,
+    "mistral.actions.std_actions.HTTPAction": _HTTP,
 }
 
 
@@ -145,7 +212,9 @@ def apply_mistral_conf(conf: Dict[str, Dict[str, Any]]) -> None:
     from the service's configuration): the child has not read Mistral's configuration
     file, and e.g. std.http's egress policy (``[action_std_http] denied_cidrs``,
     ``allowed_hosts``) must be the operator's, not the defaults."""
-    import mistral.config  # noqa: F401 (registers the options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import mistral.config  # noqa: F401 (registers the options)
     from oslo_config import cfg
     for group, values in conf.items():
         for name, value in values.items():
@@ -166,7 +235,8 @@ class SerializedAction(api_base.Action):
     def __init__(self, action: str, conf: Optional[Dict[str, Dict[str, Any]]] = None):
         try:
             self._action = rebuild(action)
-            if conf and type(self._action).__module__.startswith("mistral."):
+            if conf and (type(self._action).__module__.startswith("mistral.")
+                         or isinstance(self._action, _HTTP)):
                 apply_mistral_conf(conf)
         except BaseException as exc:  # its module's code ran: anything can come out
             from mistral_sandbox.actions.loader import LoadError

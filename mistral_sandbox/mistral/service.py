@@ -31,7 +31,8 @@ from typing import List, Optional
 from mistral_sandbox.mistral import dispatch
 
 LOG = logging.getLogger("mistral_sandbox.serve")
-SERVE_PRELOAD = ("mistral_lib.actions", "mistral_sandbox.mistral.runtime")
+SERVE_PRELOAD = ("mistral_lib.actions", "mistral_sandbox.mistral.runtime",
+                 "mistral_sandbox.mistral.http_deps")
 
 
 class MissingMistral(RuntimeError):

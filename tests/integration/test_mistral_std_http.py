@@ -70,3 +70,26 @@ def test_std_http_gets_the_operators_egress_policy(server):
     assert ok.result.data["status"] == 200 and ok.result.data["content"] == {"hello": "sandbox"}
     assert ok.action == "std.http"
     assert "not in [action_std_http] allowed_hosts" in runs["allow-list"].message
+
+
+def test_std_http_in_the_sandbox_answers_as_mistrals_own(server):
+    """The runtime runs std.http without importing Mistral's std_actions module (its
+    database layer): the same result as Mistral's own HTTPAction.run in this process."""
+    import mistral.db.v2.api  # noqa: F401
+    from mistral.actions import std_actions
+    from oslo_config import cfg
+    cfg.CONF.set_override("denied_cidrs", [], group="action_std_http")
+    try:
+        own = std_actions.HTTPAction(server, timeout=10).run(None)
+    finally:
+        cfg.CONF.clear_override("denied_cidrs", group="action_std_http")
+    ref, params = dispatch.submission(dispatch.ActionNames(Catalog()), serialized_http(server),
+                                      {"action_std_http": {"denied_cidrs": []}})
+    with Sandbox(max_workers=1, warm=0, ceiling={"network": True},
+                 preload=service.SERVE_PRELOAD) as sb:
+        out = sb.run(ref, params, limits={"timeout": "60s"})
+    assert out.ok, out
+    ours = out.result.data
+    for key in ("content", "status", "url", "encoding", "reason", "cookies", "history"):
+        assert ours[key] == own[key], key
+    assert ours["headers"]["Content-Type"] == own["headers"]["Content-Type"]
