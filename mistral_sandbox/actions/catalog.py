@@ -91,6 +91,14 @@ class SourceRef:
     class_name: str
     module_name: str = "tenant_action"
 
+    def __repr__(self) -> str:  # (never the text: it may hold anything)
+        return "SourceRef(%r, %d characters)" % (self.name, len(str(self.source)))
+
+    @property
+    def name(self) -> str:
+        """``source:module:Class`` (bounded), valid or not: for outcomes and logs."""
+        return (SOURCE_PREFIX + "%s:%s" % (self.module_name, self.class_name))[:200]
+
     def resolve(self) -> ActionRef:
         """The ActionRef a child loads it from; InvalidReference if malformed."""
         if not isinstance(self.source, str):

@@ -52,6 +52,29 @@ class ActionNames:
 MISTRAL_ACTION_CONF_GROUPS = ("action_std_http",)
 
 
+def _sandboxed_fields(action: Any, depth: int = 0) -> Optional[Dict[str, Any]]:
+    """The fields of a sandbox provider action (also under an ad-hoc action), or None."""
+    key, data = runtime.split_serialized(action)
+    if key == runtime.ADHOC_ACTION and isinstance(data, dict) and depth < 8:
+        return _sandboxed_fields(data.get("base_action"), depth + 1)
+    if key == runtime.MISTRAL_LIB_ACTION and isinstance(data, dict) and \
+            data.get("cls") == SANDBOXED_ACTION:
+        fields = data.get("data") or {}
+        return fields if isinstance(fields, dict) else {}
+    return None
+
+
+def engine_sync(action: Any) -> Optional[bool]:
+    """Whether Mistral's engine took the action as synchronous, when it says so (a sandbox
+    provider action carries what the provider told the engine); None otherwise."""
+    try:
+        fields = _sandboxed_fields(action)
+    except (ValueError, KeyError, TypeError):
+        return None
+    sync = fields.get("sync") if fields is not None else None
+    return sync if isinstance(sync, bool) else None
+
+
 def mistral_action_conf(conf: Any) -> Dict[str, Dict[str, Any]]:
     """``group -> option -> value`` of :data:`MISTRAL_ACTION_CONF_GROUPS` in Mistral's
     parsed configuration (groups it does not have are left out)."""
@@ -69,10 +92,8 @@ def submission(names: ActionNames, action: Any, conf: Optional[Dict[str, Any]] =
     it is not one). Mostly the runtime that rebuilds it in the child; an action of the
     sandbox action provider is run directly: its entry point, or its code source
     (compiled in the child). The reference's name is what the policy matches."""
-    key, data = runtime.split_serialized(action)
-    if key == runtime.MISTRAL_LIB_ACTION and isinstance(data, dict) and \
-            data.get("cls") == SANDBOXED_ACTION:
-        fields = data.get("data") or {}
+    fields = _sandboxed_fields(action)
+    if fields is not None:
         params = fields.get("params") or {}
         if not isinstance(params, dict):
             raise ValueError("the action's parameters are not a mapping")

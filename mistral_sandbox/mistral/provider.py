@@ -37,6 +37,7 @@ from mistral_sandbox.actions.catalog import SANDBOX_NAMESPACE
 LOG = logging.getLogger(__name__)
 OWN_DISTRIBUTION = "mistral-sandbox"
 UNKNOWN_PARAMS = "**params"  # what Mistral shows when the parameters cannot be read
+MAX_SOURCE = 4 * 1024 * 1024  # characters of source the provider parses at most
 SANDBOXED_ACTION = "mistral_sandbox.mistral.provider.SandboxedAction"
 _EMPTY_BASES = {"Action", "object"}  # bases whose __init__ takes nothing
 
@@ -69,16 +70,21 @@ def describe_source(source: str, class_name: str) -> Tuple[str, str, bool]:
     its syntax tree alone (nothing is executed). ``params_spec`` is Mistral's format
     (``name, count=1, **kwargs``); :data:`UNKNOWN_PARAMS` when it cannot be read (a
     syntax error, a class or base class it cannot find)."""
+    if not isinstance(source, str) or len(source) > MAX_SOURCE:
+        return UNKNOWN_PARAMS, "", True
     try:
         tree = ast.parse(source)
-    except (SyntaxError, ValueError):
+    except Exception:  # SyntaxError, and RecursionError or MemoryError on crafted text
         return UNKNOWN_PARAMS, "", True
     classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
     cls = classes.get(class_name)
     if cls is None:
         return UNKNOWN_PARAMS, "", True
-    doc = ast.get_docstring(cls) or ""
-    return _init_spec(cls, classes, set()), doc, _sync(cls)
+    try:
+        doc = ast.get_docstring(cls) or ""
+        return _init_spec(cls, classes, set()), doc, _sync(cls, classes, set())
+    except Exception:  # (a tree deep enough to exhaust the recursion while walking it)
+        return UNKNOWN_PARAMS, "", True
 
 
 def _init_spec(cls: ast.ClassDef, classes: Dict[str, ast.ClassDef], seen: set) -> str:
@@ -113,17 +119,28 @@ def _arguments(args: ast.arguments) -> str:
 
 def _literal(node: ast.AST) -> str:
     try:
-        return json.dumps(ast.literal_eval(node))
-    except (ValueError, TypeError, SyntaxError):
+        text = json.dumps(ast.literal_eval(node))
+    except Exception:
         return "null"  # (an expression: its value is only known where the code runs)
+    # Mistral splits the list on "," and "=": a default holding them is shown as null
+    return "null" if "," in text or "=" in text else text
 
 
-def _sync(cls: ast.ClassDef) -> bool:
+def _sync(cls: ast.ClassDef, classes: Dict[str, ast.ClassDef], seen: set) -> bool:
+    """``is_sync()`` when it returns a literal, in the class or a base class of the same
+    source; True otherwise (serve reports a result to an engine that waits for one
+    whatever the action turns out to be)."""
     for node in cls.body:
         if isinstance(node, ast.FunctionDef) and node.name == "is_sync":
             ret = [n for n in node.body if isinstance(n, ast.Return)]
             if len(ret) == 1 and isinstance(ret[0].value, ast.Constant):
                 return bool(ret[0].value.value)
+            return True
+    seen.add(cls.name)
+    for base in cls.bases:
+        name = base.attr if isinstance(base, ast.Attribute) else getattr(base, "id", None)
+        if name in classes and name not in seen:
+            return _sync(classes[name], classes, seen)
     return True
 
 
@@ -154,17 +171,18 @@ class SandboxActionProvider(ml_actions.ActionProvider):
         super().__init__(name)
         self._lock = threading.Lock()
         self._catalog: Optional[Dict[str, SandboxActionDescriptor]] = None
-        self._specs: Dict[Tuple[str, Any], Tuple[str, str, bool]] = {}
+        self._specs: Dict[Tuple[Any, ...], Any] = {}
 
     # ---------------------------------------------------------------- the provider API
 
     def find(self, action_name, namespace=None):
-        desc = self._catalog_descriptors().get(action_name) if not namespace else None
+        # installed actions are found from every namespace, as Mistral's own are
+        desc = self._catalog_descriptors().get(action_name)
         return desc if desc is not None else self._find_dynamic(action_name, namespace or "")
 
     def find_all(self, namespace=None, limit=None, sort_fields=None, sort_dirs=None,
                  filters=None):
-        found = [] if namespace else list(self._catalog_descriptors().values())
+        found = list(self._catalog_descriptors().values())
         found += self._all_dynamic(namespace or "", limit, sort_fields, sort_dirs, filters)
         found.sort(key=lambda d: d.name)
         return found[:limit] if limit else found
@@ -211,10 +229,13 @@ class SandboxActionProvider(ml_actions.ActionProvider):
         from mistral.db.v2 import api as db_api
         code_source_id, class_name = action_def.code_source_id, action_def.class_name
         code = db_api.get_code_source(code_source_id)
-        key = ("code_source", code_source_id, code.version, str(code.updated_at))
-        if key not in self._specs:
-            self._specs[key] = describe_source(code.content, class_name)
-        spec, doc, sync = self._specs[key]
+        # one entry per code source and class (not per version: bounded)
+        key = ("code_source", code_source_id, class_name)
+        version = (code.version, str(code.updated_at))
+        cached = self._specs.get(key)
+        if cached is None or cached[0] != version:
+            cached = self._specs[key] = (version, describe_source(code.content, class_name))
+        spec, doc, sync = cached[1]
 
         def fields():  # read when the engine instantiates: the newest text
             fresh = db_api.get_code_source(code_source_id)

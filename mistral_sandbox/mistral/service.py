@@ -20,6 +20,7 @@ the rest with an error result. SIGHUP reloads the limits policy.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import json
 import logging
 import signal
@@ -150,12 +151,7 @@ class ExecutorEndpoint:
     def run_action(self, rpc_ctx, action, action_ex_id, safe_rerun, exec_ctx, timeout):
         """Run ``action`` (serialized) in the sandbox; report and return its Result."""
         started = time.monotonic()
-        if getattr(rpc_ctx, "redelivered", False) and not safe_rerun:
-            return self._finish(rpc_ctx, action_ex_id, "?", self.result_cls(
-                error="the request to run this action was redelivered and the action is "
-                      "not safe to rerun [action_ex_id=%s]" % action_ex_id), True,
-                "redelivered", started)
-        with self._lock:
+        with self._lock:  # (first: a copy of one running here must not report too)
             if action_ex_id and action_ex_id in self._inflight:
                 LOG.warning("action execution %s is already running here; ignoring a "
                             "second delivery", action_ex_id)
@@ -163,8 +159,19 @@ class ExecutorEndpoint:
             if action_ex_id:
                 self._inflight.add(action_ex_id)
         try:
+            if getattr(rpc_ctx, "redelivered", False) and not safe_rerun:
+                return self._finish(rpc_ctx, action_ex_id, "?", self.result_cls(
+                    error="the request to run this action was redelivered and the action "
+                          "is not safe to rerun [action_ex_id=%s]" % action_ex_id), True,
+                    "redelivered", started)
             self.heartbeats.add(action_ex_id)
-            return self._run(rpc_ctx, action, action_ex_id, exec_ctx, timeout, started)
+            try:
+                return self._run(rpc_ctx, action, action_ex_id, exec_ctx, timeout, started)
+            except Exception as exc:  # our bug, or a broken message: still one result
+                LOG.exception("running action execution %s failed", action_ex_id)
+                return self._finish(rpc_ctx, action_ex_id, "?", self.result_cls(
+                    error="sandbox_error: the executor failed to run the action (%s)"
+                          % type(exc).__name__), True, "sandbox_error", started)
         finally:
             self.heartbeats.remove(action_ex_id)
             with self._lock:
@@ -187,12 +194,19 @@ class ExecutorEndpoint:
             reason = "overloaded" if isinstance(exc, Overloaded) else "sandbox_error"
             return self._finish(rpc_ctx, action_ex_id, _name(ref), self.result_cls(
                 error="%s: %s" % (reason, exc)), True, reason, started)
-        outcome = future.result()
+        try:
+            outcome = future.result()
+        except concurrent.futures.CancelledError:  # still queued when the service stopped
+            return self._finish(rpc_ctx, action_ex_id, _name(ref), self.result_cls(
+                error="cancelled: the executor shut down before the action started"), True,
+                "cancelled", started)
         if outcome.exit_reason == "cancelled" and self.stopping:
             outcome.message = "the executor shut down before the action finished"
         data, error, cancel = dispatch.result_fields(outcome)
         result = self.result_cls(data=data, error=error, cancel=cancel)
-        sync = outcome.async_handle is None
+        # reported unless both the engine and the action take it as asynchronous: an
+        # engine that waits for a result must get one
+        sync = outcome.async_handle is None or dispatch.engine_sync(action) is True
         return self._finish(rpc_ctx, action_ex_id, outcome.action or _name(ref), result, sync,
                             outcome.exit_reason, started)
 
@@ -205,8 +219,8 @@ class ExecutorEndpoint:
                 LOG.exception("reporting the result of action execution %s failed",
                               action_ex_id)
         self.stats.record(reason)
-        LOG.info("action %s [action_ex_id=%s]: %s in %.1f ms", name, action_ex_id, reason,
-                 (time.monotonic() - started) * 1000)
+        LOG.info("action %s [action_ex_id=%s]: %s in %.1f ms", _printable(name),
+                 action_ex_id, reason, (time.monotonic() - started) * 1000)
         return result
 
 
@@ -286,6 +300,11 @@ class ExecutorService:
             LOG.info("last %gs: %s; running %d, queued %d, zygote %s", interval,
                      _counts(self.stats.take()) or "no executions", status["running"],
                      status["queued"], status["zygote"])
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    """A name for one log line: bounded, control characters escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text)[:limit])
 
 
 def _name(ref) -> str:

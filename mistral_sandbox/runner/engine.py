@@ -325,7 +325,9 @@ class Engine:
                         "(status %s); running it in a fresh child", ex.id, ex.pid,
                         exit_report.get("status"))
             ex.requeue()
-            if not self.intake.put_first(ex):
+            if ex.parent is not None:  # nested: its caller waits, it takes no worker
+                self.start_now(ex)
+            elif not self.intake.put_first(ex):
                 self._shut_out(ex)
             return
         delivered = ex.delivered

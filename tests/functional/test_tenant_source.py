@@ -174,3 +174,10 @@ def test_attacks_as_tenant_source_are_contained_as_installed(sb, module, cls, pa
         strip = (lambda d: {k: v for k, v in d.items() if k != "ns"}) \
             if isinstance(installed.result.data, dict) else (lambda d: d)
         assert strip(as_source.result.data) == strip(installed.result.data)
+
+
+def test_a_load_error_before_resolving_names_the_source_not_its_text(sb):
+    out = sb.run(SourceRef("SECRET = 'hunter2'\n", "A", "m"), {"sandbox_limits": "bad"})
+    assert out.exit_reason == "load_error"
+    assert out.action == "source:m:A"
+    assert "hunter2" not in str(out.to_dict())

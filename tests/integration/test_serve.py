@@ -225,3 +225,31 @@ def test_sigterm_lets_running_actions_finish_then_fails_the_rest(stack):
     assert "the executor shut down before the action finished" in info, info
     assert not sleepers()
     stack.start_executor("serve")  # (for whatever test comes next)
+
+
+def test_sigterm_reports_actions_still_queued(stack, tmp_path):
+    """One worker, two long actions: at SIGTERM the running one gets the grace period,
+    the queued one never starts; both tasks end in ERROR, each saying why."""
+    conf = tmp_path / "one-worker.conf"
+    conf.write_text("[sandbox]\nmax_workers = 1\nshutdown_grace = 1\n")
+    stack.stop_process("serve")
+    try:
+        stack.start_executor("serve-one", extra_conf=str(conf))
+        name = one_task(stack, "wf_queued", "itest.sleep seconds=60")
+        ids = [stack.start(name) for _ in range(2)]
+        wait_for(lambda: sleepers(), 30, "the first sleeping action to start")
+        # (a heartbeat that lists two action executions: both reached the executor)
+        wait_for(lambda: re.search(r"report_running_actions'\[action_ex_ids=\{?\[?'[^']+', '",
+                                   stack.log("serve-one")), 30,
+                 "both actions to reach the executor")
+        assert stack.stop_process("serve-one") == 0
+        infos = sorted(task_of(stack, ex["id"])["state_info"] or "" for ex in
+                       [stack.wait_execution(ex_id, 30) for ex_id in ids])
+        assert infos[0].startswith("cancelled: the executor shut down before the action "
+                                   "finished"), infos
+        assert infos[1].startswith("cancelled: the executor shut down before the action "
+                                   "started"), infos
+    finally:
+        if "serve-one" in stack.procs:
+            stack.stop_process("serve-one")
+        stack.start_executor("serve")

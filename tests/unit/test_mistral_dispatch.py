@@ -122,3 +122,52 @@ def test_a_provider_action_travels_as_data_and_only_serve_runs_it():
     assert (ref, params) == ("itest.x@sandbox", {})
     with pytest.raises(ActionException, match="runs only in `mistral-sandbox serve`"):
         action.run(None)
+
+
+def test_the_provider_survives_crafted_sources_and_mistrals_list_format():
+    from mistral_sandbox.mistral import provider
+    deep = "x = " + "1+" * 200000 + "1\nclass A:\n    pass\n"
+    assert provider.describe_source(deep, "A")[0] == provider.UNKNOWN_PARAMS
+    source = ("class A:\n    def __init__(self, sep=', ', eq='a=b', n=2):\n        pass\n")
+    assert provider.describe_source(source, "A")[0] == "sep=null, eq=null, n=2"
+    inherited = ("class Base:\n    def is_sync(self):\n        return False\n"
+                 "class Job(Base):\n    pass\n")
+    assert provider.describe_source(inherited, "Job")[2] is False
+
+
+def test_a_sandbox_provider_action_under_an_ad_hoc_action():
+    from mistral_lib import serialization
+
+    from mistral_sandbox.mistral import provider
+    inner = provider.SandboxedAction("itest.x", {"a": 1}, ref="itest.x@sandbox", sync=False)
+    text = serialization.get_polymorphic_serializer().serialize(inner)
+    adhoc = json.dumps({"__serial_key": runtime.ADHOC_ACTION,
+                        "__serial_data": json.dumps({"base_action": text})})
+    assert dispatch.submission(dispatch.ActionNames(Catalog()), adhoc) == (
+        "itest.x@sandbox", {"a": 1})
+    assert dispatch.engine_sync(adhoc) is False and dispatch.engine_sync(text) is False
+    assert dispatch.engine_sync(serialized("x.Y", {})) is None
+
+
+def test_installed_actions_are_found_from_every_namespace(tmp_path, monkeypatch):
+    from mistral_sandbox.mistral import provider
+    info = tmp_path / "acme_pack-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-pack\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[mistral_sandbox.actions]\nacme.shout = acme_shout:Shout\n")
+    (tmp_path / "acme_shout.py").write_text(
+        "raise SystemExit('imported!')\nclass Shout:\n    def __init__(self, text):\n"
+        "        pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    p = provider.SandboxActionProvider()
+    for namespace in (None, "", "tenant_ns"):
+        desc = p.find("acme.shout", namespace=namespace)
+        assert desc is not None and desc.params_spec == "text"
+    assert "acme_shout" not in __import__("sys").modules
+
+
+def test_a_source_reference_never_shows_its_text():
+    from mistral_sandbox import SourceRef
+    ref = SourceRef("PASSWORD = 'hunter2'\n", "A", "m")
+    assert "hunter2" not in repr(ref) and ref.name == "source:m:A"
