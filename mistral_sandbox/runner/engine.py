@@ -152,8 +152,7 @@ class Engine:
     def _dispatch(self) -> None:
         self._cold_wait_until = None
         intake, pool = self.intake, self.pool
-        # nested executions run in their callers' places, not in a worker's
-        busy = sum(1 for ex in self.running.values() if ex.parent is None)
+        busy = sum(1 for ex in self.running.values() if ex.parent is None)  # (not nested)
         while len(intake) and busy < self.settings.max_workers and self.link.ready:
             ex = intake.pop()
             if ex is None:
@@ -209,12 +208,11 @@ class Engine:
 
     def start_now(self, ex: Execution) -> None:
         """Start ``ex`` at once, outside ``max_workers`` (a nested call: its caller waits)."""
-        if self.link.ready:
-            self._start(ex, bool(ex.limits.network))
-        else:
+        if not self.link.ready:
             ex.advance(State.EXITED)
-            self.resolve(ex, outcome.without_run(ex, "sandbox_error", "the sandbox is "
-                                                 "restarting its zygote"))
+            return self.resolve(ex, outcome.without_run(ex, "sandbox_error",
+                                                        "the zygote is restarting"))
+        self._start(ex, bool(ex.limits.network))
 
     def forked(self, ex: Execution, pid: int, scratch: str, uid, cpu_base: float) -> None:
         """The zygote forked ``ex``'s child: write the request once its cgroup has the
